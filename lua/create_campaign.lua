@@ -1,0 +1,43 @@
+--[[ create_campaign.lua: create a campaign once.
+
+KEYS (the new campaign's hash tag)
+  1  meta   hash    the campaign
+  2  idem   string  idempotency record: fingerprint .. '|' .. response body
+ARGV
+  1  fingerprint ('' when the request has no Idempotency-Key)
+  2  idem_ttl_s
+  3  response body to record under the key
+  4.. field, value pairs for the meta hash
+RETURNS
+  {'ok'}                   created
+  {'replay', body}         the same key and request again: the first answer
+  {'reused'}               the same key with another request
+  {'exists'}               a campaign with this id exists
+
+ATOMICITY: checks first; then one HSET and one SET.
+]]
+local t1 = redis.call('TYPE', KEYS[1])['ok']
+local t2 = redis.call('TYPE', KEYS[2])['ok']
+if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'string') then
+  return redis.error_reply('WRONGTYPE create_campaign.lua: unexpected key types')
+end
+if #ARGV < 5 or (#ARGV - 3) % 2 ~= 0 or not tonumber(ARGV[2]) then
+  return redis.error_reply('ERR create_campaign.lua: bad arguments')
+end
+if ARGV[1] ~= '' then
+  local rec = redis.call('GET', KEYS[2])
+  if rec then
+    local sep = string.find(rec, '|', 1, true)
+    if sep and string.sub(rec, 1, sep - 1) == ARGV[1] then
+      return {'replay', string.sub(rec, sep + 1)}
+    end
+    return {'reused'}
+  end
+end
+if t1 == 'hash' then return {'exists'} end
+
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[3], 'EX', ARGV[2])
+end
+return {'ok'}

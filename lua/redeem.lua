@@ -1,0 +1,84 @@
+--[[ redeem.lua: redeem one issued code for one order, exactly once.
+
+KEYS (one campaign's hash tag)
+  1  meta        hash    campaign counters (redeemed) and state
+  2  claims      hash    serial -> cjson {p, d, i, at, exp}   (read only)
+  3  redemptions hash    serial -> cjson {order, at, discount, store}
+  4  idem        string  idempotency record: fingerprint .. '|' .. cjson(result)
+ARGV
+  1  now_ms     2 serial     3 order_id     4 discount (minor units, computed by the service)
+  5  store_id ('' for none)  6 fingerprint  7 idem_ttl_s  8 keep_rejections ('1'/'0')
+  9  phone pseudonym of the redeemer ('' when not checked)
+RETURNS flat string arrays; the last element is '1' for an idempotent replay, else '0'
+  {'ok', order_id, redeemed_ms, discount, store_id, same_order_replay ('1'/'0'), replay}
+  {'invalid_code', replay}       signed correctly but never issued (or campaign gone)
+  {'already_redeemed', replay}   redeemed by another order
+  {'expired', expires_ms, replay}
+  {'wrong_claimer', replay}      phone given and it is not the claimer's
+  {'reused'}                     same idempotency key, other request
+The same (code, order_id) again answers 'ok' with the stored redemption:
+a checkout that retries after a timeout gets its discount, once.
+
+ATOMICITY: every type check, read and parse precedes the first write; the
+writes (HSET, HINCRBY, SET) touch only keys checked here.
+]]
+
+local function check_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected ' .. want)
+  end
+end
+
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[7])
+if not now or not ttl or ttl < 1 or not tonumber(ARGV[4]) or #ARGV[3] == 0 or #ARGV[6] == 0 then
+  return redis.error_reply('ERR redeem.lua: bad arguments')
+end
+for i = 1, 4 do
+  local err = check_type(KEYS[i], (i == 4) and 'string' or 'hash')
+  if err then return err end
+end
+
+local rec = redis.call('GET', KEYS[4])
+if rec then
+  local sep = string.find(rec, '|', 1, true)
+  if not sep or string.sub(rec, 1, sep - 1) ~= ARGV[6] then return {'reused'} end
+  local out = cjson.decode(string.sub(rec, sep + 1))
+  out[#out + 1] = '1'
+  return out
+end
+local keep = ARGV[8] == '1'
+local function answer(out, record)
+  if record then
+    redis.call('SET', KEYS[4], ARGV[6] .. '|' .. cjson.encode(out), 'EX', ttl)
+  end
+  out[#out + 1] = '0'
+  return out
+end
+
+local redeemed = redis.call('HGET', KEYS[1], 'redeemed')
+if not redeemed then return answer({'invalid_code'}, false) end
+if not tonumber(redeemed) then
+  return redis.error_reply('ERR redeem.lua: corrupt counter in ' .. KEYS[1])
+end
+local claim = redis.call('HGET', KEYS[2], ARGV[2])
+if not claim then return answer({'invalid_code'}, keep) end
+claim = cjson.decode(claim)
+
+local prev = redis.call('HGET', KEYS[3], ARGV[2])
+if prev then
+  prev = cjson.decode(prev)
+  if prev.order == ARGV[3] then
+    return answer({'ok', prev.order, prev.at, prev.discount, prev.store, '1'}, keep)
+  end
+  return answer({'already_redeemed'}, keep)
+end
+if ARGV[9] ~= '' and claim.p ~= ARGV[9] then return answer({'wrong_claimer'}, keep) end
+local exp = tonumber(claim.exp) or 0
+if exp > 0 and now >= exp then return answer({'expired', claim.exp}, keep) end
+
+-- Every check passed: redeem.
+local at = string.format('%d', now)
+redis.call('HSET', KEYS[3], ARGV[2], cjson.encode({order = ARGV[3], at = at, discount = ARGV[4], store = ARGV[5]}))
+redis.call('HINCRBY', KEYS[1], 'redeemed', 1)
+return answer({'ok', ARGV[3], at, ARGV[4], ARGV[5], '0'}, true)

@@ -1,0 +1,13 @@
+//! The pure domain: values that are parsed once at the edge and trusted after.
+//!
+//! Nothing here knows about actix or Redis, so every rule in this folder is
+//! tested in-process (unit tests, proptest) and benchmarked with criterion.
+
+pub mod campaign;
+pub mod clock;
+pub mod code;
+pub mod error;
+pub mod identity;
+pub mod secret;
+
+pub use error::FieldError;

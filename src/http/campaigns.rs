@@ -1,0 +1,79 @@
+//! `/v1/campaigns`: create and read (admin).
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::domain::campaign::{CampaignView, CreateCampaignRequest};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::auth::Caller;
+use crate::http::body::read_json;
+use crate::service::CreateResult;
+
+/// Create a campaign.
+#[utoipa::path(
+    post, path = "/v1/campaigns", tag = "campaigns",
+    request_body = CreateCampaignRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..255 printable ASCII; a retry returns the first answer")),
+    responses(
+        (status = 201, description = "Created", body = CampaignView),
+        (status = 400, description = "Malformed JSON", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "campaign_exists", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request / idempotency_key_reused", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (body, raw): (CreateCampaignRequest, _) =
+        read_json(&req, payload, &state.body_limits).await?;
+    let (id, body) = match state
+        .coupons
+        .create_campaign(&body, &caller.ctx, &raw)
+        .await
+    {
+        Ok(view) => {
+            tracing::info!(campaign = %view.id, by = %caller.name, "campaign created");
+            let body = serde_json::to_vec(&view).map_err(|_| ApiError::Internal)?;
+            (view.id, body)
+        }
+        Err(CreateResult::Replay(body)) => {
+            let id = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            (id, body.into_bytes())
+        }
+        Err(CreateResult::Error(e)) => return Err(e),
+    };
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/campaigns/{id}")))
+        .content_type("application/json")
+        .body(body))
+}
+
+/// Read a campaign with its live counters.
+#[utoipa::path(
+    get, path = "/v1/campaigns/{id}", tag = "campaigns",
+    params(("id" = String, Path, description = "campaign id")),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 404, description = "campaign_not_found", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    caller: Caller,
+) -> Result<web::Json<CampaignView>, ApiError> {
+    caller.require_admin()?;
+    Ok(web::Json(state.coupons.campaign(&id).await?))
+}

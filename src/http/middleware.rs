@@ -1,0 +1,81 @@
+//! The edge every request passes: a request id (in the log span and the
+//! `X-Request-Id` response header), the header-size limit, panic containment
+//! (a panic becomes a 500 problem, never a dropped connection), metrics per
+//! route and status, and one log line per request. Paths carry campaign ids,
+//! never identities; the peer address is not logged.
+
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, ResponseError, web};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::http::AppState;
+
+/// The server-made id of a request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub async fn edge(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let span = tracing::info_span!("http", request_id = %id, %method, %route);
+
+    let max_header_bytes = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(usize::MAX, |s| s.max_header_bytes);
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    // The request is not cloned before routing: actix routes only requests it
+    // holds alone. Errors and panics are returned as errors, which actix
+    // renders through `ApiError::error_response` (problem+json).
+    let mut result = if header_bytes > max_header_bytes {
+        Ok(req.into_response(ApiError::HeadersTooLarge(max_header_bytes).error_response()))
+    } else {
+        match std::panic::AssertUnwindSafe(next.call(req).instrument(span.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(res)) => Ok(res.map_into_boxed_body()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                tracing::error!(parent: &span, "handler panicked");
+                Err(ApiError::Internal.into())
+            }
+        }
+    };
+    if let (Ok(res), Ok(v)) = (&mut result, HeaderValue::from_str(&id)) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    let status = match &result {
+        Ok(res) => res.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    let elapsed = started.elapsed();
+    let labels = [("route", route), ("status", status.to_string())];
+    metrics::counter!("stampede_http_requests_total", &labels).increment(1);
+    metrics::histogram!("stampede_http_request_duration_seconds", &labels[..1])
+        .record(elapsed.as_secs_f64());
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(parent: &span, status, ms, "request failed");
+    } else {
+        tracing::debug!(parent: &span, status, ms, "request");
+    }
+    result
+}

@@ -1,0 +1,65 @@
+//! HTTP: actix routes, extractors, and the one `ResponseError` that renders
+//! problem+json. Handlers extract and validate input, call one
+//! `service::Coupons` method and render its answer; they hold no logic.
+
+pub mod auth;
+pub mod body;
+pub mod campaigns;
+pub mod coupons;
+pub mod middleware;
+pub mod openapi;
+pub mod ops;
+pub mod problem;
+
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::web;
+use ipnet::IpNet;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::service::Coupons;
+use crate::settings::ApiKey;
+
+/// Everything a handler may need, shared by all workers.
+#[derive(Debug)]
+pub struct AppState {
+    pub coupons: Coupons,
+    pub body_limits: body::BodyLimits,
+    pub max_header_bytes: usize,
+    pub api_keys: Vec<ApiKey>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The routes, used by the server and by tests alike.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/v1/campaigns").route(web::post().to(campaigns::create)))
+        .service(web::resource("/v1/campaigns/{id}").route(web::get().to(campaigns::get)))
+        .service(web::resource("/v1/campaigns/{id}/claims").route(web::post().to(coupons::claim)))
+        .service(web::resource("/v1/redemptions").route(web::post().to(coupons::redeem)))
+        .service(web::resource("/v1/redemptions/rollback").route(web::post().to(coupons::rollback)))
+        .service(web::resource("/v1/codes/validate").route(web::post().to(coupons::validate)))
+        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+        .service(web::resource("/openapi.json").route(web::get().to(ops::openapi)));
+}
+
+/// The complete app: routes, problem+json fallback, and the edge middleware.
+pub fn app(
+    state: web::Data<AppState>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .app_data(state)
+        .configure(configure)
+        .default_service(web::to(problem::not_found))
+        .wrap(ErrorHandlers::new().default_handler(problem::fallback))
+        .wrap(from_fn(middleware::edge))
+}

@@ -1,0 +1,55 @@
+//! The OpenAPI document, generated from the handlers' annotations and the
+//! request/response types, served at `/openapi.json`.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::domain::FieldError;
+use crate::domain::campaign::{
+    CampaignView, Coupon, CouponRequest, CreateCampaignRequest, Limits, Status,
+};
+use crate::http::problem::Problem;
+use crate::service::{
+    ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
+    ValidateRequest, ValidateResponse,
+};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "stampede",
+        description = "Coupon issuance and anti-abuse: atomic claims and redemptions in Redis Lua. \
+Every 4xx/5xx is application/problem+json with a stable `code`.",
+    ),
+    paths(
+        crate::http::campaigns::create,
+        crate::http::campaigns::get,
+        crate::http::coupons::claim,
+        crate::http::coupons::redeem,
+        crate::http::coupons::rollback,
+        crate::http::coupons::validate,
+        crate::http::ops::healthz,
+        crate::http::ops::readyz,
+        crate::http::ops::metrics,
+        crate::http::ops::openapi,
+    ),
+    components(schemas(
+        Problem, FieldError, CreateCampaignRequest, CouponRequest, Limits, Coupon, CampaignView, Status,
+        ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
+        ValidateRequest, ValidateResponse
+    )),
+    modifiers(&Bearer),
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

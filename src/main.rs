@@ -1,0 +1,70 @@
+//! The `stampede` binary: parse the command line, load settings, start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use stampede::domain::clock::SystemClock;
+use stampede::settings::Settings;
+use stampede::startup::Application;
+
+#[derive(Parser)]
+#[command(version, about = "Coupon issuance and anti-abuse service")]
+struct Cli {
+    /// TOML config file (also STAMPEDE_CONFIG); STAMPEDE_* variables override it.
+    #[arg(long, env = "STAMPEDE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Validate a config file without starting anything.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig { file } => {
+            match Settings::load_file(&file).and_then(Settings::validate) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve => {
+            let settings = match Settings::load(cli.config.as_deref()).and_then(Settings::validate)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            stampede::telemetry::init(&settings.raw.log_format);
+            let run = async {
+                let app = Application::build(settings, Arc::new(SystemClock)).await?;
+                app.run_until_stopped().await?;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            };
+            match actix_web::rt::System::new().block_on(run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "stampede stopped with an error");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Layered configuration: built-in defaults, then an optional TOML file
+//! (`--config FILE` or `STAMPEDE_CONFIG`), then `STAMPEDE_*` environment
+//! variables (`STAMPEDE_REDIS_URL`, `STAMPEDE_MAX_BODY_BYTES`, ...).
+//! [`Settings::validate`] turns it into [`Validated`] or the reason it is bad;
+//! `stampede check-config FILE` runs exactly that.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::secret::Secret;
+
+/// Every setting, with its default. Durations are milliseconds or seconds as
+/// the name says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: String,
+    /// Redis URL; unset runs the embedded `redis-server`.
+    pub redis_url: Option<String>,
+    /// Where the embedded Redis keeps its AOF, and where a generated secret is kept.
+    pub data_dir: PathBuf,
+    /// The `redis-server` binary the embedded default runs.
+    pub redis_server: String,
+    /// `always` (default: nothing acknowledged is lost) or `everysec`.
+    pub redis_appendfsync: String,
+    /// Master secret (>= 16 bytes) for code tags and identity pseudonyms.
+    /// Unset: read from, or generated once into, `<data_dir>/secret`.
+    pub secret: Option<String>,
+    /// `name:role:secret` entries, comma-separated; `secret` may be
+    /// `sha256:<hex>` to keep only a hash in the file.
+    pub api_keys: String,
+    /// Region for national phone numbers (ISO 3166 alpha-2).
+    pub default_region: String,
+    /// Longest any Redis call may take before the request is answered 503.
+    pub store_deadline_ms: u64,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_json_depth: usize,
+    /// Largest total size of request headers (actix itself caps at 128 KiB / 96 headers).
+    pub max_header_bytes: usize,
+    /// Time to receive a whole request body (slow-loris bodies).
+    pub body_timeout_ms: u64,
+    /// Time to receive the request head.
+    pub header_timeout_ms: u64,
+    /// How long an `Idempotency-Key` answer is kept.
+    pub idempotency_ttl_secs: u64,
+    /// How long a server-made request id guards against a transport re-send.
+    pub request_dedupe_ttl_secs: u64,
+    /// Time in-flight requests get to finish on SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients are counted per this prefix.
+    pub ipv6_prefix: u8,
+    /// HTTP worker threads; default: one per core.
+    pub workers: Option<usize>,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            redis_url: None,
+            data_dir: PathBuf::from("./data"),
+            redis_server: "redis-server".into(),
+            redis_appendfsync: "always".into(),
+            secret: None,
+            api_keys: String::new(),
+            default_region: "CN".into(),
+            store_deadline_ms: 1000,
+            max_body_bytes: 16 * 1024,
+            max_json_depth: 16,
+            max_header_bytes: 16 * 1024,
+            body_timeout_ms: 5000,
+            header_timeout_ms: 5000,
+            idempotency_ttl_secs: 24 * 3600,
+            request_dedupe_ttl_secs: 600,
+            shutdown_grace_secs: 10,
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: 64,
+            workers: None,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// An API key's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Campaign management and everything a client may do.
+    Admin,
+    /// Claim, redeem, validate.
+    Client,
+}
+
+/// One configured API key; only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub role: Role,
+    pub secret_sha256: [u8; 32],
+}
+
+/// Settings that passed validation, in the types the service uses.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub raw: Settings,
+    pub listen: SocketAddr,
+    pub api_keys: Vec<ApiKey>,
+    pub region: phonenumber::country::Id,
+    pub store_deadline: Duration,
+    pub body_timeout: Duration,
+    pub header_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Defaults <- `file` <- `STAMPEDE_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig.merge(Env::prefixed("STAMPEDE_").ignore(&["config"]))
+            .extract()
+            .map_err(|e| SettingsError::Load(Box::new(e)))
+    }
+
+    /// Only the file (and defaults): what `check-config` validates.
+    pub fn load_file(file: &Path) -> Result<Self, SettingsError> {
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file_exact(file))
+            .extract()
+            .map_err(|e| SettingsError::Load(Box::new(e)))
+    }
+
+    pub fn validate(self) -> Result<Validated, SettingsError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!("{e}: expected host:port, e.g. 127.0.0.1:8080"),
+            )
+        })?;
+        let api_keys = parse_api_keys(&self.api_keys)?;
+        if api_keys.is_empty() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "api_keys",
+                "no API key is configured, so the service runs open, and it may only listen on loopback then",
+            ));
+        }
+        let region = self
+            .default_region
+            .parse::<phonenumber::country::Id>()
+            .map_err(|_| invalid("default_region", "an ISO 3166 alpha-2 region, e.g. CN"))?;
+        if !["always", "everysec", "no"].contains(&self.redis_appendfsync.as_str()) {
+            return Err(invalid("redis_appendfsync", "always, everysec or no"));
+        }
+        if let Some(s) = &self.secret {
+            Secret::new(s.as_bytes().to_vec()).map_err(|m| invalid("secret", m))?;
+        }
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str()).map_err(|e| invalid("redis_url", e.to_string()))?;
+        }
+        let ranges: [(&'static str, u64, u64, u64); 6] = [
+            ("store_deadline_ms", self.store_deadline_ms, 10, 60_000),
+            ("body_timeout_ms", self.body_timeout_ms, 100, 300_000),
+            ("header_timeout_ms", self.header_timeout_ms, 100, 300_000),
+            (
+                "idempotency_ttl_secs",
+                self.idempotency_ttl_secs,
+                86_400,
+                30 * 86_400,
+            ),
+            (
+                "request_dedupe_ttl_secs",
+                self.request_dedupe_ttl_secs,
+                10,
+                86_400,
+            ),
+            ("shutdown_grace_secs", self.shutdown_grace_secs, 0, 600),
+        ];
+        for (field, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return Err(invalid(field, format!("must be between {lo} and {hi}")));
+            }
+        }
+        if !(64..=10 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(invalid("max_body_bytes", "must be between 64 and 10485760"));
+        }
+        if !(2..=128).contains(&self.max_json_depth) {
+            return Err(invalid("max_json_depth", "must be between 2 and 128"));
+        }
+        if !(1024..=128 * 1024).contains(&self.max_header_bytes) {
+            return Err(invalid(
+                "max_header_bytes",
+                "must be between 1024 and 131072",
+            ));
+        }
+        if !(32..=128).contains(&self.ipv6_prefix) {
+            return Err(invalid("ipv6_prefix", "must be between 32 and 128"));
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            return Err(invalid("log_format", "text or json"));
+        }
+        Ok(Validated {
+            listen,
+            api_keys,
+            region,
+            store_deadline: Duration::from_millis(self.store_deadline_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            raw: self,
+        })
+    }
+}
+
+impl Validated {
+    /// True when a peer's `X-Forwarded-For` is believed.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.raw.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn parse_api_keys(s: &str) -> Result<Vec<ApiKey>, SettingsError> {
+    use sha2::{Digest, Sha256};
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(name), Some(role), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("api_keys", "each entry is name:role:secret"));
+        };
+        let role = match role {
+            "admin" => Role::Admin,
+            "client" => Role::Client,
+            _ => {
+                return Err(invalid(
+                    "api_keys",
+                    format!("key {name}: role is admin or client"),
+                ));
+            }
+        };
+        if name.is_empty() || !crate::domain::error::is_visible_ascii(name) {
+            return Err(invalid("api_keys", "a key name is visible ASCII"));
+        }
+        let secret_sha256: [u8; 32] = match secret.strip_prefix("sha256:") {
+            Some(h) => hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "api_keys",
+                        format!("key {name}: sha256: takes 64 hex digits"),
+                    )
+                })?,
+            None if secret.len() >= 8 => Sha256::digest(secret.as_bytes()).into(),
+            None => {
+                return Err(invalid(
+                    "api_keys",
+                    format!("key {name}: secrets are at least 8 characters"),
+                ));
+            }
+        };
+        if keys
+            .iter()
+            .any(|k| k.name == name || k.secret_sha256 == secret_sha256)
+        {
+            return Err(invalid(
+                "api_keys",
+                format!("key {name}: names and secrets must be unique"),
+            ));
+        }
+        keys.push(ApiKey {
+            name: name.to_owned(),
+            role,
+            secret_sha256,
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_open_only_on_loopback() {
+        assert!(Settings::default().validate().is_ok());
+        let s = Settings {
+            listen: "0.0.0.0:8080".into(),
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn api_keys_plain_and_hashed() {
+        let keys = parse_api_keys(
+            "alice:admin:s3cret-long,shop:client:sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].role, Role::Admin);
+        assert_eq!(keys[1].role, Role::Client);
+        assert!(parse_api_keys("bob:root:whatever1").is_err());
+        assert!(parse_api_keys("bob:admin").is_err());
+        assert!(parse_api_keys("a:admin:same-secret,b:client:same-secret").is_err());
+    }
+}

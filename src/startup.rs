@@ -1,0 +1,209 @@
+//! Building and running the service: the embedded Redis (when no URL is
+//! set), the secret, the store, the HTTP server. Tests build the same
+//! [`Application`] on port 0.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{HttpServer, web};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::clock::Clock;
+use crate::domain::secret::Secret;
+use crate::http::body::BodyLimits;
+use crate::http::{AppState, app};
+use crate::service::{Coupons, IdemTtls};
+use crate::settings::Validated;
+use crate::store::Store;
+use crate::store::managed::{ManagedConfig, ManagedError, ManagedRedis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Managed(#[from] ManagedError),
+    #[error("secret: {0}")]
+    Secret(String),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+/// A built service, bound to its port, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+    managed: Option<ManagedRedis>,
+    settings: Validated,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// The process-wide Prometheus recorder (one per process, shared by every
+/// app a test binary builds).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// The configured secret, or the one kept in `<data_dir>/secret` (generated
+/// on first start, mode 0600).
+fn load_secret(settings: &Validated) -> Result<Secret, StartupError> {
+    if let Some(s) = &settings.raw.secret {
+        return Secret::new(s.as_bytes().to_vec()).map_err(StartupError::Secret);
+    }
+    let dir = &settings.raw.data_dir;
+    let path = dir.join("secret");
+    let read = |p: &Path| std::fs::read_to_string(p).map(|s| s.trim().to_owned());
+    let text = match read(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::create_dir_all(dir).map_err(|e| StartupError::Secret(e.to_string()))?;
+            let s = Secret::generate_hex();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StartupError::Secret(format!("{}: {e}", path.display())))?;
+            f.write_all(s.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| StartupError::Secret(e.to_string()))?;
+            tracing::warn!(path = %path.display(), "no secret configured: generated one; set STAMPEDE_SECRET to share it across replicas");
+            s
+        }
+        Err(e) => return Err(StartupError::Secret(format!("{}: {e}", path.display()))),
+    };
+    Secret::new(text.into_bytes()).map_err(StartupError::Secret)
+}
+
+impl Application {
+    /// Starts the embedded Redis if needed, connects, and binds the listener.
+    pub async fn build(settings: Validated, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let raw = &settings.raw;
+        let managed = match &raw.redis_url {
+            Some(_) => None,
+            None => Some(
+                ManagedRedis::start(ManagedConfig {
+                    data_dir: raw.data_dir.clone(),
+                    redis_server: raw.redis_server.clone(),
+                    appendfsync: raw.redis_appendfsync.clone(),
+                })
+                .await?,
+            ),
+        };
+        let url = match (&raw.redis_url, &managed) {
+            (Some(u), _) => u.clone(),
+            (None, Some(m)) => m.url(),
+            (None, None) => unreachable!("managed is started when no URL is set"),
+        };
+        let secret = load_secret(&settings)?;
+        let store = Store::open(&url, settings.store_deadline)?;
+        if let Err(e) = store.preload_scripts().await {
+            tracing::warn!(error = %e, "could not preload scripts; they will load on first use");
+        }
+        let coupons = Coupons::new(
+            store,
+            &secret,
+            clock,
+            settings.region,
+            raw.ipv6_prefix,
+            IdemTtls {
+                client_secs: raw.idempotency_ttl_secs,
+                server_secs: raw.request_dedupe_ttl_secs,
+            },
+        );
+        if settings.api_keys.is_empty() {
+            tracing::warn!(listen = %settings.listen, "no API keys configured: the service runs OPEN (loopback only)");
+        }
+        let state = web::Data::new(AppState {
+            coupons,
+            body_limits: BodyLimits {
+                max_bytes: raw.max_body_bytes,
+                max_depth: raw.max_json_depth,
+                timeout: settings.body_timeout,
+            },
+            max_header_bytes: raw.max_header_bytes,
+            api_keys: settings.api_keys.clone(),
+            trusted_proxies: raw.trusted_proxies.clone(),
+            metrics: metrics_handle(),
+        });
+
+        let listener = TcpListener::bind(settings.listen)
+            .map_err(|e| StartupError::Bind(settings.listen.to_string(), e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(settings.listen.to_string(), e))?
+            .port();
+        let mut server = HttpServer::new(move || app(state.clone()))
+            .client_request_timeout(settings.header_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
+            .shutdown_timeout(settings.shutdown_grace.as_secs())
+            .backlog(4096);
+        if let Some(w) = raw.workers {
+            server = server.workers(w);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|e| StartupError::Bind(settings.listen.to_string(), e))?
+            .run();
+        tracing::info!(port, "listening");
+        Ok(Self {
+            port,
+            server,
+            managed,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (gracefully with `true`).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// The embedded `redis-server`'s pid, if this app runs one.
+    pub fn managed_redis_pid(&self) -> Option<i32> {
+        self.managed.as_ref().map(ManagedRedis::pid)
+    }
+
+    /// Serves until SIGTERM/SIGINT (or `handle().stop()`), lets in-flight
+    /// requests finish within the grace period, then stops the embedded Redis.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        tracing::info!("HTTP server stopped");
+        if let Some(m) = self.managed {
+            m.shutdown(
+                self.settings
+                    .shutdown_grace
+                    .max(std::time::Duration::from_secs(5)),
+            )
+            .await;
+        }
+        result
+    }
+}

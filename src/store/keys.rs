@@ -1,0 +1,104 @@
+//! Every Redis key the service uses is built here, and nowhere else.
+//!
+//! Layout (`c` is the campaign id, which is `[a-z0-9_-]` only, so it can
+//! never contain the `{}` of a hash tag):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `st:{c}:meta` | hash | spec JSON, lifecycle state, stock/issued/redeemed/serial counters, rules |
+//! | `st:{c}:q:phone` / `q:device` / `q:ip` | hash | pseudonym -> coupons claimed |
+//! | `st:{c}:claims` | hash | serial -> claim record (pseudonyms, claimed/expiry ms) |
+//! | `st:{c}:redemptions` | hash | serial -> redemption record (order, time, discount, store) |
+//! | `st:{c}:rollbacks` | hash | serial -> last undone redemption |
+//! | `st:{c}:idem:<digest>` | string | idempotency record, with a TTL |
+//! | `st:campaign-seq` | string | last campaign number handed out |
+//! | `st:campaign-no:<n>` | string | campaign id of number `n` (codes carry the number) |
+//!
+//! No key or value holds a phone, device id or IP in clear: only the
+//! HMAC pseudonyms of [`crate::domain::identity`].
+
+use crate::domain::campaign::CampaignId;
+
+/// The keys of one campaign.
+#[derive(Debug, Clone)]
+pub struct CampaignKeys {
+    prefix: String,
+}
+
+impl CampaignKeys {
+    pub fn new(id: &CampaignId) -> Self {
+        Self {
+            prefix: format!("st:{{{}}}:", id.as_str()),
+        }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + suffix.len());
+        k.push_str(&self.prefix);
+        k.push_str(suffix);
+        k
+    }
+
+    pub fn meta(&self) -> String {
+        self.key("meta")
+    }
+    pub fn quota_phone(&self) -> String {
+        self.key("q:phone")
+    }
+    pub fn quota_device(&self) -> String {
+        self.key("q:device")
+    }
+    pub fn quota_ip(&self) -> String {
+        self.key("q:ip")
+    }
+    pub fn claims(&self) -> String {
+        self.key("claims")
+    }
+    pub fn redemptions(&self) -> String {
+        self.key("redemptions")
+    }
+    pub fn rollbacks(&self) -> String {
+        self.key("rollbacks")
+    }
+    /// `digest` is already a hash of the caller's key (never the raw header).
+    pub fn idempotency(&self, digest: &str) -> String {
+        self.key(&format!("idem:{digest}"))
+    }
+}
+
+pub fn campaign_seq() -> &'static str {
+    "st:campaign-seq"
+}
+
+pub fn campaign_by_no(no: u32) -> String {
+    format!("st:campaign-no:{no}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster hashes only what is inside the first `{...}`.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = open + key[open..].find('}').unwrap();
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn all_keys_of_a_campaign_share_one_hash_tag() {
+        let k = CampaignKeys::new(&CampaignId::parse("double11-20off").unwrap());
+        for key in [
+            k.meta(),
+            k.quota_phone(),
+            k.quota_device(),
+            k.quota_ip(),
+            k.claims(),
+            k.redemptions(),
+            k.rollbacks(),
+            k.idempotency("abc"),
+        ] {
+            assert_eq!(hash_tag(&key), "double11-20off", "{key}");
+        }
+    }
+}

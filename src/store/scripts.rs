@@ -1,0 +1,25 @@
+//! The Lua scripts, embedded at compile time and loaded once per process.
+//! `redis::Script` sends EVALSHA and, on `NOSCRIPT` (a fresh or restarted
+//! Redis), loads the body and sends EVALSHA again, so no caller handles it.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("../../lua/", $file))));
+    };
+}
+
+script!(CLAIM, "claim.lua");
+script!(REDEEM, "redeem.lua");
+script!(ROLLBACK, "rollback.lua");
+script!(INSPECT_CODE, "inspect_code.lua");
+script!(CREATE_CAMPAIGN, "create_campaign.lua");
+
+/// Every script, for preloading at start.
+pub fn all() -> [&'static Script; 5] {
+    [&CLAIM, &REDEEM, &ROLLBACK, &INSPECT_CODE, &CREATE_CAMPAIGN]
+}

@@ -1,0 +1,317 @@
+//! Test fixtures: a private `redis-server` on a random port (killed on drop)
+//! and `spawn_app()`, the real service on port 0 against it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use stampede::domain::clock::ManualClock;
+use stampede::settings::Settings;
+use stampede::startup::Application;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private redis-server with AOF, on a random port, in its own temp dir.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    appendfsync: String,
+}
+
+#[allow(dead_code)] // the fault-injection tests use the rest
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with("always")
+    }
+
+    pub fn start_with(appendfsync: &str) -> Self {
+        let mut s = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            appendfsync: appendfsync.into(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                &self.appendfsync,
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--daemonize", "no", "--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on {} did not start", self.port);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and data (after kill9).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// A blocking connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill9();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub redis: Option<RedisServer>,
+    pub handle: actix_web::dev::ServerHandle,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub managed_pid: Option<i32>,
+}
+
+pub fn test_settings(redis_url: Option<String>) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".into(),
+        redis_url,
+        secret: Some(SECRET.into()),
+        workers: Some(2),
+        ..Settings::default()
+    }
+}
+
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// The service against a fresh private Redis.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let redis = RedisServer::start();
+    let mut settings = test_settings(Some(redis.url()));
+    tweak(&mut settings);
+    let mut app = spawn_with_settings(settings).await;
+    app.redis = Some(redis);
+    app
+}
+
+pub async fn spawn_with_settings(settings: Settings) -> TestApp {
+    let clock = Arc::new(ManualClock::new(now()));
+    let app = Application::build(settings.validate().expect("valid settings"), clock.clone())
+        .await
+        .expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let managed_pid = app.managed_redis_pid();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("client"),
+        clock,
+        redis: None,
+        handle,
+        task,
+        managed_pid,
+    }
+}
+
+pub fn data_dir_settings(dir: &Path) -> Settings {
+    Settings {
+        data_dir: PathBuf::from(dir),
+        ..test_settings(None)
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("this app has a test redis")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a campaign from `overrides` merged into a valid default; returns its id.
+    pub async fn create_campaign(&self, overrides: Value) -> String {
+        let mut body = json!({
+            "name": "Double 11: 20 off 200",
+            "stock": 100,
+            "coupon": {"kind": "amount_off", "amount_off": 2000, "min_order_amount": 20000},
+        });
+        if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let res = self.post("/v1/campaigns", &body).await;
+        let status = res.status();
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(status, 201, "create failed: {v}");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn campaign(&self, id: &str) -> Value {
+        let res = self.get(&format!("/v1/campaigns/{id}")).await;
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("json")
+    }
+
+    pub async fn claim(&self, campaign: &str, phone: &str, device: &str) -> reqwest::Response {
+        self.post(
+            &format!("/v1/campaigns/{campaign}/claims"),
+            &json!({"phone": phone, "device_id": device}),
+        )
+        .await
+    }
+
+    /// Claims and returns the code; panics unless 201.
+    pub async fn claim_code(&self, campaign: &str, phone: &str, device: &str) -> String {
+        let res = self.claim(campaign, phone, device).await;
+        let status = res.status();
+        let v: Value = res.json().await.expect("json");
+        assert_eq!(status, 201, "claim failed: {v}");
+        v["code"].as_str().expect("code").to_owned()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+/// A distinct valid CN mobile number for index `i`.
+pub fn phone(i: usize) -> String {
+    format!("+86138{:08}", i)
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns the body.
+pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = res.text().await.unwrap_or_default();
+    assert_eq!(got, status, "status; body: {text}");
+    assert_eq!(ct, "application/problem+json", "content type; body: {text}");
+    let v: Value = serde_json::from_str(&text).expect("problem body is JSON");
+    assert_eq!(v["code"], code, "code; body: {v}");
+    assert_eq!(v["status"], status);
+    assert!(
+        v["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("/problems/"))
+    );
+    assert!(v["title"].is_string() && v["detail"].is_string());
+    v
+}

@@ -1,0 +1,116 @@
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn claim_with_key(app: &TestApp, id: &str, key: &str, phone: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{id}/claims")))
+        .header("Idempotency-Key", key)
+        .json(&json!({"phone": phone, "device_id": "dev-1"}))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_retried_claim_returns_the_first_answer_and_charges_once() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(json!({"limits": {"per_phone": 5}}))
+        .await;
+    let (s1, first) = claim_with_key(&app, &id, "retry-1", &phone(1)).await;
+    assert_eq!(s1, 201);
+    app.clock.advance(time::Duration::seconds(5));
+    let (s2, second) = claim_with_key(&app, &id, "retry-1", &phone(1)).await;
+    assert_eq!((s2, &second), (201, &first), "same status, same body");
+    // The same person spelled differently is the same request.
+    let (s3, third) = claim_with_key(&app, &id, "retry-1", "13800000001").await;
+    assert_eq!((s3, &third), (201, &first));
+    assert_eq!(app.campaign(&id).await["issued"], 1);
+    // Same key, another request.
+    let (s4, v) = claim_with_key(&app, &id, "retry-1", &phone(2)).await;
+    assert_eq!(
+        (s4, v["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // Another key is another claim.
+    let (s5, other) = claim_with_key(&app, &id, "retry-2", &phone(1)).await;
+    assert_eq!(s5, 201);
+    assert_ne!(other["code"], first["code"]);
+    assert_eq!(app.campaign(&id).await["issued"], 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_key_issue_one_code() {
+    let app = spawn_app().await;
+    let id = app.create_campaign(json!({})).await;
+    let p7 = phone(7);
+    let answers = join_all((0..40).map(|_| claim_with_key(&app, &id, "storm", &p7))).await;
+    let first = &answers[0];
+    assert!(answers.iter().all(|a| a == first), "{answers:?}");
+    assert_eq!(first.0, 201);
+    assert_eq!(app.campaign(&id).await["issued"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejection_is_replayed_too_and_keys_are_validated() {
+    let app = spawn_app().await;
+    let id = app.create_campaign(json!({"stock": 1})).await;
+    app.claim_code(&id, &phone(1), "d").await;
+    let (s, v) = claim_with_key(&app, &id, "k-sold", &phone(2)).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("sold_out")));
+    let (s2, v2) = claim_with_key(&app, &id, "k-sold", &phone(2)).await;
+    assert_eq!((s2, v2), (409, v));
+    let long = "x".repeat(256);
+    for bad in [long.as_str(), "tab\there"] {
+        let (s, v) = claim_with_key(&app, &id, bad, &phone(3)).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (422, Some("invalid_request")),
+            "{bad}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn campaign_create_and_redeem_are_idempotent() {
+    let app = spawn_app().await;
+    let body =
+        json!({"name": "n", "stock": 3, "coupon": {"kind": "amount_off", "amount_off": 100}});
+    let send = || {
+        app.client
+            .post(app.url("/v1/campaigns"))
+            .header("Idempotency-Key", "create-1")
+            .json(&body)
+            .send()
+    };
+    let a = send().await.unwrap();
+    assert_eq!(a.status(), 201);
+    let a: Value = a.json().await.unwrap();
+    let b = send().await.unwrap();
+    assert_eq!(b.status(), 201);
+    assert_eq!(b.json::<Value>().await.unwrap(), a);
+    let id = a["id"].as_str().unwrap();
+
+    let code = app.claim_code(id, &phone(1), "d").await;
+    let redeem = |order: &'static str| {
+        app.client
+            .post(app.url("/v1/redemptions"))
+            .header("Idempotency-Key", "redeem-1")
+            .json(&json!({"code": code, "order_id": order, "order_amount": 500}))
+            .send()
+    };
+    let r1: Value = redeem("o-1").await.unwrap().json().await.unwrap();
+    let r2: Value = redeem("o-1").await.unwrap().json().await.unwrap();
+    assert_eq!(r1, r2);
+    let r3 = redeem("o-2").await.unwrap();
+    assert_problem(r3, 422, "idempotency_key_reused").await;
+    assert_eq!(app.campaign(id).await["redeemed"], 1);
+    app.stop().await;
+}

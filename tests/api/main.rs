@@ -1,0 +1,10 @@
+//! Integration tests: one binary, every test with its own redis-server.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod claims;
+mod embedded;
+mod helpers;
+mod idempotency;
+mod problems;
+mod redemptions;
