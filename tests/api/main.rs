@@ -4,6 +4,7 @@
 mod auth;
 mod claims;
 mod embedded;
+mod faults;
 mod helpers;
 mod idempotency;
 mod problems;
