@@ -61,7 +61,7 @@ pub async fn create(
 /// Read a campaign with its live counters.
 #[utoipa::path(
     get, path = "/v1/campaigns/{id}", tag = "campaigns",
-    params(("id" = String, Path, description = "campaign id")),
+    params(("id" = String, Path, description = "campaign id, [a-z0-9_-]{1,64}", example = "double11-20off")),
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
         (status = 404, description = "campaign_not_found", body = crate::http::problem::Problem, content_type = "application/problem+json"),

@@ -18,7 +18,7 @@ use crate::service::{
 #[utoipa::path(
     post, path = "/v1/campaigns/{id}/claims", tag = "coupons",
     params(
-        ("id" = String, Path, description = "campaign id"),
+        ("id" = String, Path, description = "campaign id, [a-z0-9_-]{1,64}", example = "double11-20off"),
         ("Idempotency-Key" = Option<String>, Header, description = "1..255 printable ASCII; a retry returns the first answer and charges nothing"),
     ),
     request_body = ClaimRequest,

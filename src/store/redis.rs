@@ -6,7 +6,15 @@
 //! claims/s of a pool checkout per request) that reconnects by itself after
 //! Redis restarts. Every call is bounded by `deadline`: a stalled Redis costs
 //! a request at most that long, and it is answered `503 unavailable`.
+//!
+//! Every Redis call runs on one dedicated runtime ([`redis_runtime`]), not on
+//! the caller's: a (re)connection spawns its socket driver on the runtime that
+//! first polls it, and an actix worker's runtime ends when that worker does
+//! (graceful shutdown stops idle workers first), which would cut the
+//! connection out from under requests still draining on the other workers.
 
+use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -140,6 +148,22 @@ pub struct Idem {
     pub keep_rejections: bool,
 }
 
+/// The process-wide runtime all Redis I/O runs on (one thread: the work per
+/// call is small, and one thread keeps the multiplexed socket's writes in order
+/// without contention). It is never dropped.
+pub fn redis_runtime() -> &'static tokio::runtime::Handle {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("stampede-redis")
+            .enable_all()
+            .build()
+            .expect("the Redis runtime starts")
+    })
+    .handle()
+}
+
 /// The Redis-backed store.
 #[derive(Clone)]
 pub struct Store {
@@ -164,6 +188,7 @@ impl Store {
     /// A store on `url`; connects lazily and reconnects by itself, so the
     /// service starts (not ready) even while Redis is still down.
     pub fn open(url: &str, deadline: Duration) -> Result<Self> {
+        let _in_redis_runtime = redis_runtime().enter();
         let client = redis::Client::open(url).map_err(StoreError::Failed)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(deadline))
@@ -176,17 +201,25 @@ impl Store {
         Ok(Self { conn, deadline })
     }
 
-    async fn bounded<T>(
+    /// Runs `fut` on the Redis runtime, bounded by the deadline.
+    async fn bounded<T: Send + 'static>(
         &self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+        fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T> {
-        match tokio::time::timeout(self.deadline, fut).await {
-            Ok(r) => r.map_err(StoreError::classify),
+        let task = redis_runtime().spawn(fut);
+        match tokio::time::timeout(self.deadline, task).await {
+            Ok(Ok(r)) => r.map_err(StoreError::classify),
+            Ok(Err(join)) => Err(StoreError::Protocol(format!("store task failed: {join}"))),
             Err(_) => Err(StoreError::Timeout(self.deadline)),
         }
     }
 
-    async fn script(&self, script: &Script, keys: &[&str], args: &[&str]) -> Result<Vec<String>> {
+    async fn script(
+        &self,
+        script: &'static Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Vec<String>> {
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(*k);

@@ -2,10 +2,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod binary;
 mod claims;
 mod embedded;
 mod faults;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod problems;
 mod redemptions;
