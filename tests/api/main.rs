@@ -4,6 +4,7 @@
 mod auth;
 mod binary;
 mod claims;
+mod contract;
 mod embedded;
 mod faults;
 mod helpers;
