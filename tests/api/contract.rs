@@ -10,7 +10,10 @@ use serde_json::json;
 use crate::helpers::*;
 
 fn schemathesis() -> Command {
-    let on_path = Command::new("schemathesis").arg("--version").output().is_ok_and(|o| o.status.success());
+    let on_path = Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if on_path {
         Command::new("schemathesis")
     } else {
@@ -24,7 +27,8 @@ fn schemathesis() -> Command {
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let app = spawn_app().await;
     // The id the schema's examples use, so generated claims reach the logic.
-    app.create_campaign(json!({"id": "double11-20off", "stock": 1000000})).await;
+    app.create_campaign(json!({"id": "double11-20off", "stock": 1000000}))
+        .await;
     let url = app.url("/openapi.json");
     let out = tokio::task::spawn_blocking(move || {
         schemathesis()
@@ -41,7 +45,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     })
     .await
     .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "schemathesis failed:\n{text}");
     assert!(text.contains("passed"), "schemathesis ran nothing:\n{text}");
     let tail: Vec<&str> = text.lines().rev().take(3).collect();

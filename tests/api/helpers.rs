@@ -29,7 +29,6 @@ pub struct RedisServer {
     appendfsync: String,
 }
 
-#[allow(dead_code)] // the fault-injection tests use the rest
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with("always")
@@ -117,10 +116,6 @@ impl RedisServer {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
             .expect("redis connection")
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -52,7 +52,7 @@ fn assert_4xx_problem(status: u16, text: &str, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_problem_4xx_and_charge_nothing() {
     let app = spawn_app_with(|s| s.body_timeout_ms = 1000).await;
-    let id = app.create_campaign(json!({"id": "h", "stock": 10})).await;
+    app.create_campaign(json!({"id": "h", "stock": 10})).await;
     let port = app.address.rsplit(':').next().unwrap().to_owned();
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
     let deep_obj = r#"{"a":"#.repeat(10_000);
