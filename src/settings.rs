@@ -323,6 +323,26 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_of_every_documented_scheme_are_accepted() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "rediss://redis.example:6380",
+            "redis+unix:///run/redis.sock",
+        ] {
+            let s = Settings {
+                redis_url: Some(url.into()),
+                ..Settings::default()
+            };
+            assert!(s.validate().is_ok(), "{url}");
+        }
+        let s = Settings {
+            redis_url: Some("http://nope".into()),
+            ..Settings::default()
+        };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
     fn api_keys_plain_and_hashed() {
         let keys = parse_api_keys(
             "alice:admin:s3cret-long,shop:client:sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",

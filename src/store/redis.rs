@@ -188,6 +188,9 @@ impl Store {
     /// A store on `url`; connects lazily and reconnects by itself, so the
     /// service starts (not ready) even while Redis is still down.
     pub fn open(url: &str, deadline: Duration) -> Result<Self> {
+        // `rediss://` uses rustls; one crypto provider for the process
+        // (an error only means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let _in_redis_runtime = redis_runtime().enter();
         let client = redis::Client::open(url).map_err(StoreError::Failed)?;
         let config = ConnectionManagerConfig::new()

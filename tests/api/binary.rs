@@ -256,3 +256,42 @@ async fn the_binary_keeps_identities_private_restarts_redis_and_drains_on_sigter
     );
     assert_clean("the log", &log);
 }
+
+#[test]
+fn check_config_validates_a_file_without_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"127.0.0.1:9000\"\nredis_url = \"redis://127.0.0.1:1\"\nmax_body_bytes = 4096\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stampede"))
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (bad, why) in [
+        ("listen = \"0.0.0.0:80\"\n", "api_keys"),
+        ("store_deadline_ms = 0\n", "store_deadline_ms"),
+        ("no_such_setting = 1\n", "no_such_setting"),
+        ("max_body_bytes = \"lots\"\n", "max_body_bytes"),
+        ("trusted_proxies = [\"10.0.0.0/99\"]\n", "trusted_proxies"),
+    ] {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, bad).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .args(["check-config"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
