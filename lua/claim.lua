@@ -22,9 +22,12 @@ RETURNS a flat array of strings; the last element is '1' for a replay, else '0'
   {'reused'}                                   same idempotency key, other request
 
 ATOMICITY: Redis does not roll back a script that fails half-way, so every
-read, type check and numeric check comes before the first write. The writes
-(HINCRBY x5, HSET, SET) operate only on keys whose types were checked above
-and on counters whose values were parsed above, so none of them can fail.
+read, type check and numeric check comes before the first write. KEYS 1, 2, 3,
+4 and 6 are read (GET, HMGET, HGET) before any write, and a read of a
+wrong-type key raises WRONGTYPE right there; KEYS[5] is only written, so its
+type is checked explicitly. The writes (HINCRBY x5, HSET, SET) then touch only
+keys of the right type and counters whose values were parsed, so none of them
+can fail.
 ]]
 
 local function check_type(key, want)
@@ -40,11 +43,10 @@ if not now or not ttl or ttl < 1 or #ARGV[5] == 0 then
   return redis.error_reply('ERR claim.lua: bad arguments')
 end
 
+local err = check_type(KEYS[5], 'hash')
+if err then return err end
+
 -- 1. Idempotency: the first answer for this key wins, for ever (within ttl).
-for i = 1, 6 do
-  local err = check_type(KEYS[i], (i == 6) and 'string' or 'hash')
-  if err then return err end
-end
 local rec = redis.call('GET', KEYS[6])
 if rec then
   local sep = string.find(rec, '|', 1, true)

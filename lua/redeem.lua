@@ -19,26 +19,16 @@ RETURNS flat string arrays; the last element is '1' for an idempotent replay, el
 The same (code, order_id) again answers 'ok' with the stored redemption:
 a checkout that retries after a timeout gets its discount, once.
 
-ATOMICITY: every type check, read and parse precedes the first write; the
-writes (HSET, HINCRBY, SET) touch only keys checked here.
+ATOMICITY: every key is read (GET, HGET) before anything is written to it or
+after it, and a read of a wrong-type key raises WRONGTYPE there; the counter
+is parsed before it is incremented. So the writes (HSET, HINCRBY, SET) cannot
+fail, and a failure anywhere comes before the first write.
 ]]
-
-local function check_type(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected ' .. want)
-  end
-end
 
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[7])
 if not now or not ttl or ttl < 1 or not tonumber(ARGV[4]) or #ARGV[3] == 0 or #ARGV[6] == 0 then
   return redis.error_reply('ERR redeem.lua: bad arguments')
 end
-for i = 1, 4 do
-  local err = check_type(KEYS[i], (i == 4) and 'string' or 'hash')
-  if err then return err end
-end
-
 local rec = redis.call('GET', KEYS[4])
 if rec then
   local sep = string.find(rec, '|', 1, true)
