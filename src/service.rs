@@ -83,15 +83,20 @@ impl std::fmt::Debug for Coupons {
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Any common spelling; normalized to E.164 (default region CN).
-    #[schema(example = "+8613800138000")]
+    #[schema(
+        required = true,
+        example = "+8613800138000",
+        min_length = 1,
+        max_length = 40
+    )]
     pub phone: Option<String>,
     /// 1..128 visible ASCII characters.
-    #[schema(example = "ios-3f2a9c")]
+    #[schema(required = true, example = "ios-3f2a9c", pattern = "^[!-~]{1,128}$")]
     pub device_id: Option<String>,
-    #[schema(example = "u-1001")]
+    /// 1..128 visible ASCII characters.
+    #[schema(example = "u-1001", pattern = "^[!-~]{1,128}$")]
     pub user_id: Option<String>,
-    /// `[a-z0-9_-]{1,32}`.
-    #[schema(example = "miniapp")]
+    #[schema(example = "miniapp", pattern = "^[a-z0-9_-]{1,32}$")]
     pub channel: Option<String>,
 }
 
@@ -112,16 +117,17 @@ pub struct ClaimResponse {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedeemRequest {
+    #[schema(required = true, pattern = "^[0-9A-Za-z]{18}$")]
     pub code: Option<String>,
     /// 1..128 visible ASCII characters.
-    #[schema(example = "o-77812")]
+    #[schema(required = true, example = "o-77812", pattern = "^[!-~]{1,128}$")]
     pub order_id: Option<String>,
     /// Minor units; required when the coupon has a minimum or is a percentage.
     #[schema(example = 25900, minimum = 0, maximum = 1000000000000i64)]
     pub order_amount: Option<i64>,
     pub phone: Option<String>,
     /// Where the code was redeemed (offline), 1..64 visible ASCII characters.
-    #[schema(example = "sh-jingan-01")]
+    #[schema(example = "sh-jingan-01", pattern = "^[!-~]{1,64}$")]
     pub store_id: Option<String>,
 }
 
@@ -144,7 +150,9 @@ pub struct RedeemResponse {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
+    #[schema(required = true, pattern = "^[0-9A-Za-z]{18}$")]
     pub code: Option<String>,
+    #[schema(required = true, pattern = "^[!-~]{1,128}$")]
     pub order_id: Option<String>,
 }
 
@@ -161,6 +169,7 @@ pub struct RollbackResponse {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateRequest {
+    #[schema(required = true)]
     pub code: Option<String>,
     #[schema(minimum = 0, maximum = 1000000000000i64)]
     pub order_amount: Option<i64>,

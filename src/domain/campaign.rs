@@ -94,7 +94,11 @@ impl Quota {
 #[serde(deny_unknown_fields)]
 pub struct CouponRequest {
     /// `amount_off`, `percent_off` or `gift`.
-    #[schema(example = "amount_off")]
+    #[schema(
+        required = true,
+        example = "amount_off",
+        pattern = "^(amount_off|percent_off|gift)$"
+    )]
     pub kind: Option<String>,
     /// Minor units off the order (`amount_off`).
     pub amount_off: Option<i64>,
@@ -285,20 +289,27 @@ impl Coupon {
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaignRequest {
     /// `[a-z0-9_-]{1,64}`; generated when absent.
-    #[schema(example = "double11-20off")]
+    #[schema(example = "double11-20off", pattern = "^[a-z0-9_-]{1,64}$")]
     pub id: Option<String>,
-    #[schema(example = "Double 11: 20 off 200")]
+    #[schema(
+        required = true,
+        example = "Double 11: 20 off 200",
+        min_length = 1,
+        max_length = 200
+    )]
     pub name: Option<String>,
     /// Total coupons that may ever be issued.
-    #[schema(example = 10000)]
+    #[schema(required = true, example = 10000, minimum = 1, maximum = 4294967295i64)]
     pub stock: Option<i64>,
     /// RFC 3339; default now.
     pub starts_at: Option<String>,
     /// RFC 3339; default open-ended.
     pub ends_at: Option<String>,
     pub limits: Option<Limits>,
+    #[schema(required = true)]
     pub coupon: Option<CouponRequest>,
     /// A claimed coupon expires this many days after its claim.
+    #[schema(minimum = 1, maximum = 3650)]
     pub valid_for_days: Option<i64>,
 }
 

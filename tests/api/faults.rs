@@ -306,12 +306,25 @@ async fn a_failing_script_changes_nothing() {
     let quota = format!("st:{{{id}}}:q:device");
     let saved: Vec<u8> = redis::cmd("DUMP").arg(&quota).query(&mut conn).unwrap();
     let _: () = redis::cmd("DEL").arg(&quota).query(&mut conn).unwrap();
-    let _: () = redis::cmd("SADD").arg(&quota).arg("x").query(&mut conn).unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(&quota)
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
     let before = snapshot(&mut conn);
     assert_problem(app.claim(&id, &phone(5), "d5").await, 500, "internal_error").await;
-    assert_eq!(snapshot(&mut conn), before, "the claim script wrote before failing");
+    assert_eq!(
+        snapshot(&mut conn),
+        before,
+        "the claim script wrote before failing"
+    );
     let _: () = redis::cmd("DEL").arg(&quota).query(&mut conn).unwrap();
-    let _: () = redis::cmd("RESTORE").arg(&quota).arg(0).arg(saved).query(&mut conn).unwrap();
+    let _: () = redis::cmd("RESTORE")
+        .arg(&quota)
+        .arg(0)
+        .arg(saved)
+        .query(&mut conn)
+        .unwrap();
 
     // A corrupt counter.
     let meta = format!("st:{{{id}}}:meta");

@@ -51,7 +51,11 @@ fn assert_4xx_problem(status: u16, text: &str, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_problem_4xx_and_charge_nothing() {
-    let app = spawn_app_with(|s| s.body_timeout_ms = 1000).await;
+    let app = spawn_app_with(|s| {
+        s.body_timeout_ms = 1000;
+        s.header_timeout_ms = 1000;
+    })
+    .await;
     app.create_campaign(json!({"id": "h", "stock": 10})).await;
     let port = app.address.rsplit(':').next().unwrap().to_owned();
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
@@ -210,6 +214,14 @@ async fn hostile_bodies_get_problem_4xx_and_charge_nothing() {
         .unwrap();
     assert_eq!(status, 408, "{text}");
     assert_4xx_problem(status, &text, "slow body");
+
+    // Slow-loris head: actix answers a bare 408 (a status, then close).
+    let p = port.clone();
+    let slow_head = b"POST /v1/redemptions HTTP/1.1\r\nHost: x\r\n";
+    let (status, _) = tokio::task::spawn_blocking(move || raw(&p, slow_head, None))
+        .await
+        .unwrap();
+    assert_eq!(status, 408);
 
     // Still healthy, still issuing, nothing was charged by any of it.
     assert_eq!(app.get("/healthz").await.status(), 200);
