@@ -2,7 +2,7 @@
 
 KEYS (one campaign's hash tag)
   1  meta        hash    campaign counters (redeemed) and state
-  2  claims      hash    serial -> cjson {p, d, i, at, exp}   (read only)
+  2  claims      hash    serial -> 'phone|device|ip|claimed_ms|expires_ms'   (read only)
   3  redemptions hash    serial -> cjson {order, at, discount, store}
   4  idem        string  idempotency record: fingerprint .. '|' .. cjson(result)
 ARGV
@@ -53,7 +53,10 @@ if not tonumber(redeemed) then
 end
 local claim = redis.call('HGET', KEYS[2], ARGV[2])
 if not claim then return answer({'invalid_code'}, keep) end
-claim = cjson.decode(claim)
+local claimer, exp = string.match(claim, '^([^|]*)|[^|]*|[^|]*|[^|]*|([0-9]+)$')
+if not claimer then
+  return redis.error_reply('ERR redeem.lua: corrupt claim record in ' .. KEYS[2])
+end
 
 local prev = redis.call('HGET', KEYS[3], ARGV[2])
 if prev then
@@ -63,9 +66,8 @@ if prev then
   end
   return answer({'already_redeemed'}, keep)
 end
-if ARGV[9] ~= '' and claim.p ~= ARGV[9] then return answer({'wrong_claimer'}, keep) end
-local exp = tonumber(claim.exp) or 0
-if exp > 0 and now >= exp then return answer({'expired', claim.exp}, keep) end
+if ARGV[9] ~= '' and claimer ~= ARGV[9] then return answer({'wrong_claimer'}, keep) end
+if tonumber(exp) > 0 and now >= tonumber(exp) then return answer({'expired', exp}, keep) end
 
 -- Every check passed: redeem.
 local at = string.format('%d', now)

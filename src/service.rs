@@ -423,7 +423,6 @@ impl Coupons {
             ("stock", spec.stock.to_string()),
             ("issued", "0".to_owned()),
             ("redeemed", "0".to_owned()),
-            ("serial", "0".to_owned()),
             ("starts_ms", spec.starts_at_ms.to_string()),
             ("ends_ms", spec.ends_at_ms.to_string()),
             ("per_phone", l.per_phone.unwrap_or(0).to_string()),
@@ -748,21 +747,16 @@ impl Coupons {
             Err(e) => return Err(e),
         };
         let state = self.store.code_state(&info.keys, payload.serial).await?;
-        let Some(claim) = state.claim else {
+        let Some(exp) = state.claim_expires_ms else {
             return invalid(ApiError::InvalidCode);
         };
-        let exp: i64 = claim
-            .get("exp")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
         let expires_at = (exp > 0).then(|| rfc3339(from_ms(exp)));
         let with_campaign = |mut r: ValidateResponse| {
             r.campaign_id = Some(info.id.clone());
             r.expires_at = expires_at.clone();
             r
         };
-        if state.redemption.is_some() {
+        if state.redeemed {
             return invalid(ApiError::AlreadyRedeemed).map(with_campaign);
         }
         if exp > 0 && self.clock.now_ms() >= exp {

@@ -21,12 +21,31 @@ use crate::http::AppState;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// A request id: 64 random bits drawn once per process, then a counter.
+/// Unique within the process, and across restarts but with probability
+/// 2^-64 per pair, without a random-number syscall per request.
+fn next_request_id() -> String {
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the OS random source is available");
+        u64::from_le_bytes(b)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:016x}{:016x}",
+        *PREFIX,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = next_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();

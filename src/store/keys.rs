@@ -5,9 +5,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `st:{c}:meta` | hash | spec JSON, lifecycle state, stock/issued/redeemed/serial counters, rules |
+//! | `st:{c}:meta` | hash | spec JSON, lifecycle state, stock/issued/redeemed counters (`issued` is also the serial counter), rules |
 //! | `st:{c}:q:phone` / `q:device` / `q:ip` | hash | pseudonym -> coupons claimed |
-//! | `st:{c}:claims` | hash | serial -> claim record (pseudonyms, claimed/expiry ms) |
+//! | `st:{c}:claims` | hash | serial -> `phone|device|ip|claimed_ms|expires_ms` (pseudonyms) |
 //! | `st:{c}:redemptions` | hash | serial -> redemption record (order, time, discount, store) |
 //! | `st:{c}:rollbacks` | hash | serial -> last undone redemption |
 //! | `st:{c}:idem:<digest>` | string | idempotency record, with a TTL |

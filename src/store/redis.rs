@@ -134,8 +134,9 @@ pub struct StoredCampaign {
 #[derive(Debug, Clone, Default)]
 pub struct CodeState {
     pub campaign_state: Option<String>,
-    pub claim: Option<serde_json::Value>,
-    pub redemption: Option<serde_json::Value>,
+    /// The claim's expiry (ms; 0: never), if the code was issued.
+    pub claim_expires_ms: Option<i64>,
+    pub redeemed: bool,
 }
 
 /// Idempotency of one script call: the record's key digest, the request's
@@ -507,15 +508,20 @@ impl Store {
                 &[&serial],
             )
             .await?;
-        let json = |i: usize| -> Option<serde_json::Value> {
-            out.get(i)
-                .filter(|s| !s.is_empty())
-                .and_then(|s| serde_json::from_str(s).ok())
+        // A claim record is 'phone|device|ip|claimed_ms|expires_ms'.
+        let claim_expires_ms = match out.get(1).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(rec) => Some(
+                rec.rsplit('|')
+                    .next()
+                    .and_then(|e| e.parse().ok())
+                    .ok_or_else(|| StoreError::Protocol("corrupt claim record".into()))?,
+            ),
         };
         Ok(CodeState {
             campaign_state: out.first().filter(|s| !s.is_empty()).cloned(),
-            claim: json(1),
-            redemption: json(2),
+            claim_expires_ms,
+            redeemed: out.get(2).is_some_and(|s| !s.is_empty()),
         })
     }
 }

@@ -330,7 +330,7 @@ async fn a_failing_script_changes_nothing() {
     let meta = format!("st:{{{id}}}:meta");
     let _: () = redis::cmd("HSET")
         .arg(&meta)
-        .arg("serial")
+        .arg("issued")
         .arg("NaN-ish")
         .query(&mut conn)
         .unwrap();
@@ -343,7 +343,7 @@ async fn a_failing_script_changes_nothing() {
     );
     let _: () = redis::cmd("HSET")
         .arg(&meta)
-        .arg("serial")
+        .arg("issued")
         .arg("1")
         .query(&mut conn)
         .unwrap();
