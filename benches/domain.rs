@@ -32,6 +32,10 @@ fn identities(c: &mut Criterion) {
     c.bench_function("phone/parse_e164", |b| {
         b.iter(|| Phone::parse(black_box("+8613800138000"), phonenumber::country::Id::CN))
     });
+    // The general path: libphonenumber's rules, no memo (a US number).
+    c.bench_function("phone/parse_general", |b| {
+        b.iter(|| Phone::parse(black_box("+1 650 253 0000"), phonenumber::country::Id::CN))
+    });
     let phone = Phone::parse("13800138000", phonenumber::country::Id::CN).expect("phone");
     let device = DeviceId::parse("ios-3f2a9c").expect("device");
     c.bench_function("pseudonym/phone+device", |b| {
