@@ -254,137 +254,100 @@ async fn redis_killed_and_restarted_loses_nothing_acknowledged() {
 /// A script that errors out half-way would leave a partial charge; ours check
 /// every key's type and every counter before the first write, so a failing
 /// script changes nothing.
+/// Every key of campaign `id` but its idempotency records, DUMPed.
+fn snapshot(conn: &mut redis::Connection, id: &str) -> Vec<(String, Vec<u8>)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("st:{{{id}}}:*"))
+        .query(conn)
+        .unwrap();
+    keys.retain(|k| !k.contains(":idem:"));
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query(conn).unwrap();
+            (k, dump)
+        })
+        .collect()
+}
+
+enum Request {
+    Claim(usize),
+    Redeem,
+}
+
 #[tokio::test]
 async fn a_failing_script_changes_nothing() {
     let app = spawn_app().await;
     let id = app.create_campaign(json!({"stock": 10})).await;
     let code = app.claim_code(&id, &phone(1), "d1").await;
+    let redeem = json!({"code": code, "order_id": "o", "order_amount": 30000});
     let mut conn = app.redis().conn();
-    let snapshot = |conn: &mut redis::Connection| -> Vec<(String, Vec<u8>)> {
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("st:{{{id}}}:*"))
-            .query(conn)
-            .unwrap();
-        keys.retain(|k| !k.contains(":idem:"));
-        keys.sort();
-        keys.into_iter()
-            .map(|k| {
-                let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query(conn).unwrap();
-                (k, dump)
-            })
-            .collect()
+    let key = |suffix: &str| format!("st:{{{id}}}:{suffix}");
+    let replace = |k: String, cmd: &str, args: &[&str]| {
+        let mut p = redis::pipe();
+        p.cmd("DEL").arg(&k).cmd(cmd).arg(&k).arg(args);
+        (k, p)
     };
-
-    // A wrong-type key among the claim script's KEYS.
-    let claims_key = format!("st:{{{id}}}:claims");
-    let saved: Vec<u8> = redis::cmd("DUMP")
-        .arg(&claims_key)
-        .query(&mut conn)
-        .unwrap();
-    let _: () = redis::cmd("DEL").arg(&claims_key).query(&mut conn).unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&claims_key)
-        .arg("oops")
-        .query(&mut conn)
-        .unwrap();
-    let before = snapshot(&mut conn);
-    assert_problem(app.claim(&id, &phone(2), "d2").await, 500, "internal_error").await;
-    assert_eq!(
-        snapshot(&mut conn),
-        before,
-        "the claim script wrote before failing"
-    );
-    let _: () = redis::cmd("DEL").arg(&claims_key).query(&mut conn).unwrap();
-    let _: () = redis::cmd("RESTORE")
-        .arg(&claims_key)
-        .arg(0)
-        .arg(saved)
-        .query(&mut conn)
-        .unwrap();
-
-    // A wrong-type quota key: the script's read of it fails before any write.
-    let quota = format!("st:{{{id}}}:q:device");
-    let saved: Vec<u8> = redis::cmd("DUMP").arg(&quota).query(&mut conn).unwrap();
-    let _: () = redis::cmd("DEL").arg(&quota).query(&mut conn).unwrap();
-    let _: () = redis::cmd("SADD")
-        .arg(&quota)
-        .arg("x")
-        .query(&mut conn)
-        .unwrap();
-    let before = snapshot(&mut conn);
-    assert_problem(app.claim(&id, &phone(5), "d5").await, 500, "internal_error").await;
-    assert_eq!(
-        snapshot(&mut conn),
-        before,
-        "the claim script wrote before failing"
-    );
-    let _: () = redis::cmd("DEL").arg(&quota).query(&mut conn).unwrap();
-    let _: () = redis::cmd("RESTORE")
-        .arg(&quota)
-        .arg(0)
-        .arg(saved)
-        .query(&mut conn)
-        .unwrap();
-
-    // A corrupt counter.
-    let meta = format!("st:{{{id}}}:meta");
-    let _: () = redis::cmd("HSET")
-        .arg(&meta)
+    let mut set_field = redis::pipe();
+    set_field
+        .cmd("HSET")
+        .arg(key("meta"))
         .arg("issued")
-        .arg("NaN-ish")
-        .query(&mut conn)
-        .unwrap();
-    let before = snapshot(&mut conn);
-    assert_problem(app.claim(&id, &phone(3), "d3").await, 500, "internal_error").await;
-    assert_eq!(
-        snapshot(&mut conn),
-        before,
-        "the claim script wrote before failing"
-    );
-    let _: () = redis::cmd("HSET")
-        .arg(&meta)
-        .arg("issued")
-        .arg("1")
-        .query(&mut conn)
-        .unwrap();
-
-    // The redeem script with a wrong-type redemptions key.
-    let red = format!("st:{{{id}}}:redemptions");
-    let _: () = redis::cmd("SET")
-        .arg(&red)
-        .arg("oops")
-        .query(&mut conn)
-        .unwrap();
-    let before = snapshot(&mut conn);
-    let r = app
-        .post(
-            "/v1/redemptions",
-            &json!({"code": code, "order_id": "o", "order_amount": 30000}),
-        )
-        .await;
-    assert_problem(r, 500, "internal_error").await;
-    assert_eq!(
-        snapshot(&mut conn),
-        before,
-        "the redeem script wrote before failing"
-    );
-    let _: () = redis::cmd("DEL").arg(&red).query(&mut conn).unwrap();
+        .arg("NaN-ish");
+    let cases = [
+        // A wrong-type key the claim script only writes: caught by its TYPE check.
+        (
+            "claims",
+            replace(key("claims"), "SET", &["oops"]),
+            Request::Claim(2),
+        ),
+        // A wrong-type key the script reads: the read fails before any write.
+        (
+            "quota",
+            replace(key("q:device"), "SADD", &["x"]),
+            Request::Claim(3),
+        ),
+        // A corrupt counter: parsed before it is incremented.
+        ("counter", (key("meta"), set_field), Request::Claim(4)),
+        // The redeem script with a wrong-type redemptions key.
+        (
+            "redemptions",
+            replace(key("redemptions"), "SET", &["oops"]),
+            Request::Redeem,
+        ),
+    ];
+    for (what, (k, corruption), request) in cases {
+        let saved: Option<Vec<u8>> = redis::cmd("DUMP").arg(&k).query(&mut conn).unwrap();
+        corruption.query::<()>(&mut conn).unwrap();
+        let before = snapshot(&mut conn, &id);
+        let res = match request {
+            Request::Claim(i) => app.claim(&id, &phone(i), &format!("d{i}")).await,
+            Request::Redeem => app.post("/v1/redemptions", &redeem).await,
+        };
+        assert_problem(res, 500, "internal_error").await;
+        assert_eq!(
+            snapshot(&mut conn, &id),
+            before,
+            "{what}: the script wrote before failing"
+        );
+        let _: () = redis::cmd("DEL").arg(&k).query(&mut conn).unwrap();
+        if let Some(saved) = saved {
+            let _: () = redis::cmd("RESTORE")
+                .arg(&k)
+                .arg(0)
+                .arg(saved)
+                .query(&mut conn)
+                .unwrap();
+        }
+    }
 
     // Repaired, everything works and the books are as before the faults.
-    app.claim_code(&id, &phone(4), "d4").await;
+    app.claim_code(&id, &phone(5), "d5").await;
     let c = app.campaign(&id).await;
     assert_eq!(
         (c["issued"].as_i64(), c["remaining"].as_i64()),
         (Some(2), Some(8))
     );
-    assert_eq!(
-        app.post(
-            "/v1/redemptions",
-            &json!({"code": code, "order_id": "o", "order_amount": 30000})
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(app.post("/v1/redemptions", &redeem).await.status(), 200);
     app.stop().await;
 }
