@@ -84,7 +84,7 @@ impl Default for Settings {
             body_timeout_ms: 5000,
             header_timeout_ms: 5000,
             idempotency_ttl_secs: 24 * 3600,
-            request_dedupe_ttl_secs: 600,
+            request_dedupe_ttl_secs: 60,
             shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
             ipv6_prefix: 64,
