@@ -254,8 +254,10 @@ async fn redis_killed_and_restarted_loses_nothing_acknowledged() {
 /// A script that errors out half-way would leave a partial charge; ours check
 /// every key's type and every counter before the first write, so a failing
 /// script changes nothing.
-/// Every key of campaign `id` but its idempotency records, DUMPed.
-fn snapshot(conn: &mut redis::Connection, id: &str) -> Vec<(String, Vec<u8>)> {
+/// Every key of campaign `id` but its idempotency records, with its type and
+/// contents (sorted). Not DUMP bytes: a hashtable-encoded hash serializes in
+/// iteration order, which incremental rehashing may change on a mere read.
+fn snapshot(conn: &mut redis::Connection, id: &str) -> Vec<(String, String, Vec<String>)> {
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("st:{{{id}}}:*"))
         .query(conn)
@@ -264,8 +266,19 @@ fn snapshot(conn: &mut redis::Connection, id: &str) -> Vec<(String, Vec<u8>)> {
     keys.sort();
     keys.into_iter()
         .map(|k| {
-            let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query(conn).unwrap();
-            (k, dump)
+            let t: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
+            let mut v: Vec<String> = match t.as_str() {
+                "hash" => {
+                    let m: std::collections::BTreeMap<String, String> =
+                        redis::cmd("HGETALL").arg(&k).query(conn).unwrap();
+                    m.into_iter().map(|(f, v)| format!("{f}={v}")).collect()
+                }
+                "string" => vec![redis::cmd("GET").arg(&k).query(conn).unwrap()],
+                "set" => redis::cmd("SMEMBERS").arg(&k).query(conn).unwrap(),
+                other => panic!("unexpected type {other}"),
+            };
+            v.sort();
+            (k, t, v)
         })
         .collect()
 }
