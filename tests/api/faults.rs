@@ -230,24 +230,79 @@ async fn redis_killed_and_restarted_loses_nothing_acknowledged() {
         stats.slowest
     );
     assert_books(&app, &id, &stats, stock).await;
-    // Redemptions survive a crash too.
-    let code = &stats.codes[0];
-    let r = app
-        .post(
-            "/v1/redemptions",
-            &json!({"code": code, "order_id": "o-1", "order_amount": 30000}),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    // Phase 2: redeem every acknowledged code concurrently while Redis is
+    // killed and restarted again; clients retry with their key until 200.
+    let codes = Arc::new(stats.codes.clone());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let redeemers: Vec<_> = (0..16)
+        .map(|_| {
+            let (app, codes, next) = (app.clone(), codes.clone(), next.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                let (mut unavailable, mut slowest) = (0u32, Duration::ZERO);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(code) = codes.get(i) else { break };
+                    let give_up = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let t = Instant::now();
+                        let res = client
+                            .post(app.url("/v1/redemptions"))
+                            .header("Idempotency-Key", format!("r-{code}"))
+                            .json(&json!({"code": code, "order_id": format!("o-{code}"), "order_amount": 30000}))
+                            .send()
+                            .await;
+                        slowest = slowest.max(t.elapsed());
+                        match res.map(|r| r.status().as_u16()) {
+                            Ok(200) => break,
+                            Ok(503) | Err(_) => unavailable += 1,
+                            Ok(other) => panic!("redeem {code}: {other}"),
+                        }
+                        assert!(Instant::now() < give_up, "redemption of {code} never resolved");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                (unavailable, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let (mut unavailable, mut slowest) = (0, Duration::ZERO);
+    for r in redeemers {
+        let (u, s) = r.await.unwrap();
+        unavailable += u;
+        slowest = slowest.max(s);
+    }
+    wait_ready(&app, Duration::from_secs(10)).await;
+    let c = app.campaign(&id).await;
+    assert_eq!(
+        c["redeemed"].as_i64(),
+        Some(codes.len() as i64),
+        "acknowledged redemptions vs redeemed: {c}"
+    );
+    eprintln!(
+        "redemptions acknowledged {}, redeemed {}, lost 0, 503s/transport errors {unavailable}, slowest answer {slowest:?}",
+        codes.len(),
+        c["redeemed"]
+    );
+    // Each is redeemed once: another order is refused, after one more crash.
     redis.restart();
     wait_ready(&app, Duration::from_secs(10)).await;
-    let again = app
-        .post(
-            "/v1/redemptions",
-            &json!({"code": code, "order_id": "o-2", "order_amount": 30000}),
-        )
-        .await;
-    assert_problem(again, 409, "already_redeemed").await;
+    for code in codes.iter().take(20) {
+        let again = app
+            .post(
+                "/v1/redemptions",
+                &json!({"code": code, "order_id": "other", "order_amount": 30000}),
+            )
+            .await;
+        assert_problem(again, 409, "already_redeemed").await;
+    }
     drop(redis);
 }
 
