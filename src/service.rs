@@ -303,6 +303,13 @@ impl Coupons {
         info
     }
 
+    fn stored_spec(id: &CampaignId, json: &str) -> Result<CampaignSpec, ApiError> {
+        serde_json::from_str(json).map_err(|e| {
+            tracing::error!(campaign = %id, error = %e, "stored campaign spec is unreadable");
+            ApiError::Internal
+        })
+    }
+
     async fn campaign_info(&self, id: &CampaignId) -> Result<Option<Arc<CampaignInfo>>, ApiError> {
         if let Some(i) = self
             .by_id
@@ -316,10 +323,7 @@ impl Coupons {
         let Some(stored) = self.store.campaign(&keys).await? else {
             return Ok(None);
         };
-        let spec: CampaignSpec = serde_json::from_str(&stored.spec_json).map_err(|e| {
-            tracing::error!(campaign = %id, error = %e, "stored campaign spec is unreadable");
-            ApiError::Internal
-        })?;
+        let spec = Self::stored_spec(id, &stored.spec_json)?;
         Ok(Some(self.remember(CampaignInfo {
             id: id.to_string(),
             no: stored.no,
@@ -463,10 +467,7 @@ impl Coupons {
             .campaign(&keys)
             .await?
             .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))?;
-        let spec: CampaignSpec = serde_json::from_str(&stored.spec_json).map_err(|e| {
-            tracing::error!(campaign = %id, error = %e, "stored campaign spec is unreadable");
-            ApiError::Internal
-        })?;
+        let spec = Self::stored_spec(&id, &stored.spec_json)?;
         Ok(CampaignView::new(
             &spec,
             &stored.state,
