@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use stampede::domain::code::{CodeKey, CodePayload};
 use stampede::domain::identity::{DeviceId, Phone, Pseudonymizer};
 use stampede::http::body::parse_json;
-use stampede::service::ClaimRequest;
+use stampede::http::wire::ClaimRequest;
 
 fn codes(c: &mut Criterion) {
     let key = CodeKey::new([7; 32]);

@@ -2,15 +2,15 @@
 
 KEYS (the new campaign's hash tag)
   1  meta   hash    the campaign
-  2  idem   string  idempotency record: fingerprint .. '|' .. response body
+  2  idem   string  idempotency record: fingerprint .. '|' .. the spec JSON
 ARGV
   1  fingerprint ('' when the request has no Idempotency-Key)
   2  idem_ttl_s
-  3  response body to record under the key
+  3  the spec JSON to record under the key (the first answer is rebuilt from it)
   4.. field, value pairs for the meta hash
 RETURNS
   {'ok'}                   created
-  {'replay', body}         the same key and request again: the first answer
+  {'replay', spec}         the same key and request again: the first attempt's spec
   {'reused'}               the same key with another request
   {'exists'}               a campaign with this id exists
 

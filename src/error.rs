@@ -2,8 +2,39 @@
 //! API.md's error table (plus a few transport-level extensions); the HTTP
 //! layer renders it as RFC 9457 problem+json (`http::problem`).
 
+use std::borrow::Cow;
+
 use crate::domain::FieldError;
+use crate::domain::ratelimit::RateState;
 use crate::store::StoreError;
+
+/// Why a client is refused outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockReason {
+    /// On the rules file's `[block]` list.
+    BlockList,
+    /// Serving a ban (from a rule's `ban`, or an admin's).
+    Ban,
+}
+
+impl BlockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::BlockList => "block_list",
+            BlockReason::Ban => "ban",
+        }
+    }
+}
+
+fn limit_detail(limit: &str) -> String {
+    match limit {
+        "per_phone" | "per_device" | "per_ip" => {
+            format!("the {limit} quota of this campaign is used up")
+        }
+        "shield" => "too many requests from this address; slow down".into(),
+        rule => format!("over the rate rule {rule}"),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,9 +72,18 @@ pub enum ApiError {
     InvalidRequest(Vec<FieldError>),
     #[error("{0}")]
     NotEligible(String),
-    #[error("the {limit} quota of this campaign is used up")]
+    #[error("{}", limit_detail(limit))]
     LimitExceeded {
-        limit: &'static str,
+        /// The quota (`per_phone`, ...), rule name, or `shield`.
+        limit: Cow<'static, str>,
+        retry_after: Option<u64>,
+        /// The RateLimit header fields to send, for rules and the shield.
+        rate: Option<Box<RateState>>,
+    },
+    #[error("{}", match reason { BlockReason::BlockList => "this client is on a block list", BlockReason::Ban => "this client is serving a ban" })]
+    Blocked {
+        reason: BlockReason,
+        /// Seconds until a ban ends.
         retry_after: Option<u64>,
     },
     #[error("no such resource")]
@@ -62,6 +102,15 @@ impl ApiError {
         ApiError::InvalidRequest(vec![FieldError::new(field, message)])
     }
 
+    /// A campaign quota (`per_phone`, `per_device`, `per_ip`) is used up.
+    pub fn quota(limit: &'static str) -> Self {
+        ApiError::LimitExceeded {
+            limit: Cow::Borrowed(limit),
+            retry_after: None,
+            rate: None,
+        }
+    }
+
     /// (HTTP status, stable `code`, title).
     pub fn parts(&self) -> (u16, &'static str, &'static str) {
         use ApiError::*;
@@ -72,6 +121,7 @@ impl ApiError {
             HeadersTooLarge(_) => (431, "malformed_request", "Request headers too large"),
             Unauthorized => (401, "unauthorized", "Unauthorized"),
             Forbidden(_) => (403, "forbidden", "Forbidden"),
+            Blocked { .. } => (403, "blocked", "Blocked"),
             CampaignNotFound(_) => (404, "campaign_not_found", "Campaign not found"),
             InvalidCode => (404, "invalid_code", "Invalid code"),
             CampaignNotActive { .. } => (409, "campaign_not_active", "Campaign not active"),

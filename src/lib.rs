@@ -7,16 +7,22 @@
 //!
 //! - [`settings`]: layered config (defaults -> TOML file -> `STAMPEDE_*` env), validated once.
 //! - [`telemetry`]: `tracing` setup; identities never reach a log line.
-//! - [`startup`]: [`startup::Application`]: embedded Redis, store, HTTP server; port 0 in tests.
-//! - [`http`]: actix routes and extractors, problem+json rendering, OpenAPI, the edge middleware.
-//! - [`guard`]: the anti-abuse edge (client IP through trusted proxies; later rules and limiters).
-//! - [`service`]: the use cases (claim, redeem, ...): parse, pseudonymize, resolve the campaign,
-//!   call one script, map the outcome. Not in STYLE.md's list: it keeps handlers free of
-//!   logic and lets tests and benches drive the use cases without HTTP.
-//! - [`domain`]: pure rules, no actix, no Redis: campaigns and coupons, codes (mint/verify),
-//!   identities (E.164, pseudonyms), the injected clock, the secret.
+//! - [`startup`]: [`startup::Services::build`] (embedded Redis, store, use cases, guard; no
+//!   HTTP: tests, a CLI and workers use it) and [`startup::Application`] on top (binds, runs;
+//!   port 0 in tests).
+//! - [`http`]: actix routes and extractors, wire types with their OpenAPI schemas
+//!   (`http::wire`: requests parsed into the service's commands), problem+json, the edge
+//!   middleware.
+//! - [`guard`]: the anti-abuse edge: the client address (trusted proxies, IPv6 prefix),
+//!   resolved once for every route.
+//! - [`service`]: one file per use case (campaigns, claims, redemptions) plus the campaign
+//!   catalog and idempotency records: call the store, map the outcome to API errors.
+//! - [`domain`]: pure rules, no actix, no Redis, no utoipa: campaigns and coupons, codes
+//!   (mint/verify), identities (E.164, pseudonyms), the rules-file model, RateLimit header
+//!   values, the injected clock, the secret.
 //! - [`store`]: Redis: every key built in `store::keys`, every script loaded in
-//!   `store::scripts`, the typed store with deadlines, the embedded `redis-server`.
+//!   `store::scripts`, the campaign record's schema (`store::campaigns`), typed script
+//!   outcomes (`store::coupons`), the connection with deadlines, the embedded `redis-server`.
 //! - [`error`]: the one error type of the API, rendered by `http::problem`.
 //!
 //! `lua/` holds the scripts; each opens with its KEYS, ARGV, returns and the

@@ -4,7 +4,7 @@
 //! [`Settings::validate`] turns it into [`Validated`] or the reason it is bad;
 //! `stampede check-config FILE` runs exactly that.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -240,13 +240,6 @@ impl Settings {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             raw: self,
         })
-    }
-}
-
-impl Validated {
-    /// True when a peer's `X-Forwarded-For` is believed.
-    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        self.raw.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }
 

@@ -1,6 +1,7 @@
-//! Building and running the service: the embedded Redis (when no URL is
-//! set), the secret, the store, the HTTP server. Tests build the same
-//! [`Application`] on port 0.
+//! Building and running the service. [`Services::build`] makes everything
+//! but HTTP (the embedded Redis when no URL is set, the secret, the store, the
+//! use cases, the anti-abuse guard), for tests, a CLI and background workers;
+//! [`Application`] builds on it and binds the HTTP server (port 0 in tests).
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -12,10 +13,17 @@ use actix_web::{HttpServer, web};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::clock::Clock;
+use crate::domain::code::CodeKey;
+use crate::domain::identity::Pseudonymizer;
 use crate::domain::secret::Secret;
+use crate::guard::Guard;
 use crate::http::body::BodyLimits;
 use crate::http::{AppState, app};
-use crate::service::{Coupons, IdemTtls};
+use crate::service::campaigns::CampaignService;
+use crate::service::catalog::Catalog;
+use crate::service::claims::ClaimService;
+use crate::service::idempotency::{IdemTtls, Idempotency};
+use crate::service::redemptions::RedemptionService;
 use crate::settings::Validated;
 use crate::store::Store;
 use crate::store::managed::{ManagedConfig, ManagedError, ManagedRedis};
@@ -32,12 +40,104 @@ pub enum StartupError {
     Bind(String, std::io::Error),
 }
 
+/// Everything the service is, without HTTP.
+pub struct Services {
+    pub settings: Validated,
+    pub clock: Arc<dyn Clock>,
+    pub store: Store,
+    pub campaigns: CampaignService,
+    pub claims: ClaimService,
+    pub redemptions: RedemptionService,
+    pub guard: Guard,
+    managed: Option<ManagedRedis>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Services {
+    /// Starts the embedded Redis if no URL is set, opens the store and
+    /// builds every use case.
+    pub async fn build(settings: Validated, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let raw = &settings.raw;
+        let managed = match &raw.redis_url {
+            Some(_) => None,
+            None => Some(
+                ManagedRedis::start(ManagedConfig {
+                    data_dir: raw.data_dir.clone(),
+                    redis_server: raw.redis_server.clone(),
+                    appendfsync: raw.redis_appendfsync.clone(),
+                })
+                .await?,
+            ),
+        };
+        let url = match (&raw.redis_url, &managed) {
+            (Some(u), _) => u.clone(),
+            (None, Some(m)) => m.url(),
+            (None, None) => unreachable!("managed is started when no URL is set"),
+        };
+        let secret = load_secret(&settings)?;
+        let store = Store::open(&url, settings.store_deadline)?;
+        if let Err(e) = store.preload_scripts().await {
+            tracing::warn!(error = %e, "could not preload scripts; they will load on first use");
+        }
+        let catalog = Arc::new(Catalog::new(store.clone()));
+        let idem = Idempotency::new(
+            &secret,
+            IdemTtls {
+                client_secs: raw.idempotency_ttl_secs,
+                server_secs: raw.request_dedupe_ttl_secs,
+            },
+        );
+        let codes = CodeKey::new(secret.derive("code"));
+        let ids = Pseudonymizer::new(secret.derive("identity"));
+        Ok(Self {
+            campaigns: CampaignService::new(
+                store.clone(),
+                catalog.clone(),
+                idem.clone(),
+                clock.clone(),
+            ),
+            claims: ClaimService::new(
+                store.clone(),
+                catalog.clone(),
+                idem.clone(),
+                codes.clone(),
+                ids.clone(),
+                clock.clone(),
+            ),
+            redemptions: RedemptionService::new(store.clone(), catalog, idem, codes, clock.clone()),
+            guard: Guard::new(&settings),
+            store,
+            clock,
+            managed,
+            settings,
+        })
+    }
+
+    /// The embedded `redis-server`'s pid, if this process runs one.
+    pub fn managed_redis_pid(&self) -> Option<i32> {
+        self.managed.as_ref().map(ManagedRedis::pid)
+    }
+
+    /// Stops the embedded Redis (if any), giving it `grace` to finish.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        if let Some(m) = self.managed {
+            m.shutdown(grace).await;
+        }
+    }
+}
+
 /// A built service, bound to its port, not yet running.
 pub struct Application {
     port: u16,
     server: Server,
-    managed: Option<ManagedRedis>,
-    settings: Validated,
+    services: Arc<Services>,
 }
 
 impl std::fmt::Debug for Application {
@@ -99,46 +199,16 @@ fn load_secret(settings: &Validated) -> Result<Secret, StartupError> {
 }
 
 impl Application {
-    /// Starts the embedded Redis if needed, connects, and binds the listener.
+    /// Builds the [`Services`] and binds the listener.
     pub async fn build(settings: Validated, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let services = Arc::new(Services::build(settings, clock).await?);
+        let settings = &services.settings;
         let raw = &settings.raw;
-        let managed = match &raw.redis_url {
-            Some(_) => None,
-            None => Some(
-                ManagedRedis::start(ManagedConfig {
-                    data_dir: raw.data_dir.clone(),
-                    redis_server: raw.redis_server.clone(),
-                    appendfsync: raw.redis_appendfsync.clone(),
-                })
-                .await?,
-            ),
-        };
-        let url = match (&raw.redis_url, &managed) {
-            (Some(u), _) => u.clone(),
-            (None, Some(m)) => m.url(),
-            (None, None) => unreachable!("managed is started when no URL is set"),
-        };
-        let secret = load_secret(&settings)?;
-        let store = Store::open(&url, settings.store_deadline)?;
-        if let Err(e) = store.preload_scripts().await {
-            tracing::warn!(error = %e, "could not preload scripts; they will load on first use");
-        }
-        let coupons = Coupons::new(
-            store,
-            &secret,
-            clock,
-            settings.region,
-            raw.ipv6_prefix,
-            IdemTtls {
-                client_secs: raw.idempotency_ttl_secs,
-                server_secs: raw.request_dedupe_ttl_secs,
-            },
-        );
         if settings.api_keys.is_empty() {
             tracing::warn!(listen = %settings.listen, "no API keys configured: the service runs OPEN (loopback only)");
         }
         let state = web::Data::new(AppState {
-            coupons,
+            services: services.clone(),
             body_limits: BodyLimits {
                 max_bytes: raw.max_body_bytes,
                 max_depth: raw.max_json_depth,
@@ -146,7 +216,6 @@ impl Application {
             },
             max_header_bytes: raw.max_header_bytes,
             api_keys: settings.api_keys.clone(),
-            trusted_proxies: raw.trusted_proxies.clone(),
             metrics: metrics_handle(),
         });
 
@@ -172,13 +241,16 @@ impl Application {
         Ok(Self {
             port,
             server,
-            managed,
-            settings,
+            services,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
     }
 
     /// Stops the server (gracefully with `true`).
@@ -188,7 +260,7 @@ impl Application {
 
     /// The embedded `redis-server`'s pid, if this app runs one.
     pub fn managed_redis_pid(&self) -> Option<i32> {
-        self.managed.as_ref().map(ManagedRedis::pid)
+        self.services.managed_redis_pid()
     }
 
     /// Serves until SIGTERM/SIGINT (or `handle().stop()`), lets in-flight
@@ -196,13 +268,18 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         tracing::info!("HTTP server stopped");
-        if let Some(m) = self.managed {
-            m.shutdown(
-                self.settings
-                    .shutdown_grace
-                    .max(std::time::Duration::from_secs(5)),
-            )
-            .await;
+        let grace = self
+            .services
+            .settings
+            .shutdown_grace
+            .max(std::time::Duration::from_secs(5));
+        // The server (and with it every worker's clone of the app state) is
+        // gone, so this is the last reference unless a test still holds one.
+        match Arc::try_unwrap(self.services) {
+            Ok(services) => services.shutdown(grace).await,
+            Err(_) => tracing::warn!(
+                "services still referenced at shutdown; embedded Redis left to its drop"
+            ),
         }
         result
     }

@@ -1,11 +1,12 @@
-//! Campaigns: the create request, its validation into a [`CampaignSpec`], the
-//! coupon's terms and the discount they give, and the status a campaign shows.
+//! Campaigns: a draft (the create request's fields, as the HTTP layer read
+//! them), its validation into a [`CampaignSpec`], the coupon's terms and the
+//! discount they give, and the status a campaign shows. Serde only: the wire
+//! shapes and their OpenAPI schemas live in `http::wire`.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 
-use crate::domain::clock::{from_ms, rfc3339, to_ms};
+use crate::domain::clock::to_ms;
 use crate::domain::code::{MAX_CAMPAIGN_NO, MAX_SERIAL};
 use crate::domain::error::{Errors, FieldError, is_visible_ascii};
 
@@ -43,20 +44,17 @@ impl std::fmt::Display for CampaignId {
 }
 
 /// Per-campaign lifetime quotas. Absent means no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Coupons one phone number may claim in this campaign.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1000000)]
     pub per_phone: Option<i64>,
     /// Coupons one device may claim in this campaign.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1000000)]
     pub per_device: Option<i64>,
     /// Coupons one client IP (IPv6: one /64) may claim in this campaign.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1000000)]
     pub per_ip: Option<i64>,
 }
 
@@ -90,15 +88,9 @@ impl Quota {
 /// The coupon as the create request spells it: every field optional so that
 /// a missing one is reported by name (`422`), while a wrongly typed one is a
 /// `400 malformed_request` from the JSON reader.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CouponRequest {
+#[derive(Debug, Clone, Default)]
+pub struct CouponDraft {
     /// `amount_off`, `percent_off` or `gift`.
-    #[schema(
-        required = true,
-        example = "amount_off",
-        pattern = "^(amount_off|percent_off|gift)$"
-    )]
     pub kind: Option<String>,
     /// Minor units off the order (`amount_off`).
     pub amount_off: Option<i64>,
@@ -113,7 +105,7 @@ pub struct CouponRequest {
 }
 
 /// A coupon's terms, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Coupon {
     AmountOff {
@@ -187,7 +179,7 @@ impl Coupon {
         })
     }
 
-    fn parse(req: &CouponRequest, errs: &mut Errors) -> Option<Self> {
+    fn parse(req: &CouponDraft, errs: &mut Errors) -> Option<Self> {
         let money = |errs: &mut Errors, field: &str, v: Option<i64>, min: i64| -> Option<i64> {
             match v {
                 Some(v) if !(min..=MAX_MONEY).contains(&v) => {
@@ -282,34 +274,21 @@ impl Coupon {
     }
 }
 
-/// `POST /v1/campaigns` as sent. Unknown fields are refused rather than
-/// ignored: a marketer who sends `require_approval` to a server that does not
-/// know it must hear so, not get an unapproved live campaign.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCampaignRequest {
+/// A campaign as the create request gave it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignDraft {
     /// `[a-z0-9_-]{1,64}`; generated when absent.
-    #[schema(example = "double11-20off", pattern = "^[a-z0-9_-]{1,64}$")]
     pub id: Option<String>,
-    #[schema(
-        required = true,
-        example = "Double 11: 20 off 200",
-        min_length = 1,
-        max_length = 200
-    )]
     pub name: Option<String>,
     /// Total coupons that may ever be issued.
-    #[schema(required = true, example = 10000, minimum = 1, maximum = 4294967295i64)]
     pub stock: Option<i64>,
     /// RFC 3339; default now.
     pub starts_at: Option<String>,
     /// RFC 3339; default open-ended.
     pub ends_at: Option<String>,
     pub limits: Option<Limits>,
-    #[schema(required = true)]
-    pub coupon: Option<CouponRequest>,
+    pub coupon: Option<CouponDraft>,
     /// A claimed coupon expires this many days after its claim.
-    #[schema(minimum = 1, maximum = 3650)]
     pub valid_for_days: Option<i64>,
 }
 
@@ -341,7 +320,7 @@ fn parse_time(field: &str, raw: &str, errs: &mut Errors) -> Option<OffsetDateTim
 impl CampaignSpec {
     /// Validates a create request; `generated_id` is used when it has none.
     pub fn parse(
-        req: &CreateCampaignRequest,
+        req: &CampaignDraft,
         generated_id: &str,
         now: OffsetDateTime,
     ) -> Result<Self, Vec<FieldError>> {
@@ -452,7 +431,7 @@ impl CampaignSpec {
 }
 
 /// A campaign's lifecycle state as `GET` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Draft,
@@ -480,47 +459,6 @@ impl Status {
     }
 }
 
-/// `GET /v1/campaigns/{id}`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct CampaignView {
-    #[schema(example = "double11-20off")]
-    pub id: String,
-    pub name: String,
-    pub status: Status,
-    pub stock: i64,
-    pub remaining: i64,
-    pub issued: i64,
-    pub redeemed: i64,
-    pub starts_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ends_at: Option<String>,
-    pub limits: Limits,
-    pub coupon: Coupon,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub valid_for_days: Option<i64>,
-    pub created_at: String,
-}
-
-impl CampaignView {
-    pub fn new(spec: &CampaignSpec, state: &str, issued: i64, redeemed: i64, now_ms: i64) -> Self {
-        Self {
-            id: spec.id.clone(),
-            name: spec.name.clone(),
-            status: Status::derive(state, spec, issued, now_ms),
-            stock: spec.stock,
-            remaining: (spec.stock - issued).max(0),
-            issued,
-            redeemed,
-            starts_at: rfc3339(from_ms(spec.starts_at_ms)),
-            ends_at: (spec.ends_at_ms != 0).then(|| rfc3339(from_ms(spec.ends_at_ms))),
-            limits: spec.limits,
-            coupon: spec.coupon.clone(),
-            valid_for_days: spec.valid_for_days,
-            created_at: rfc3339(from_ms(spec.created_at_ms)),
-        }
-    }
-}
-
 /// Campaign numbers fit in a code; see [`crate::domain::code`].
 pub fn campaign_no_in_range(no: i64) -> bool {
     (1..=i64::from(MAX_CAMPAIGN_NO)).contains(&no)
@@ -531,12 +469,18 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    fn req() -> CreateCampaignRequest {
-        serde_json::from_value(serde_json::json!({
-            "name": "Double 11", "stock": 100,
-            "coupon": {"kind": "amount_off", "amount_off": 2000, "min_order_amount": 20000}
-        }))
-        .unwrap()
+    fn req() -> CampaignDraft {
+        CampaignDraft {
+            name: Some("Double 11".into()),
+            stock: Some(100),
+            coupon: Some(CouponDraft {
+                kind: Some("amount_off".into()),
+                amount_off: Some(2000),
+                min_order_amount: Some(20000),
+                ..CouponDraft::default()
+            }),
+            ..CampaignDraft::default()
+        }
     }
 
     #[test]
@@ -550,12 +494,23 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let r: CreateCampaignRequest = serde_json::from_value(serde_json::json!({
-            "id": "Bad Id", "stock": -1, "limits": {"per_phone": 0},
-            "coupon": {"kind": "percent_off", "percent_off": 100, "amount_off": 5},
-            "valid_for_days": 0, "starts_at": "yesterday"
-        }))
-        .unwrap();
+        let r = CampaignDraft {
+            id: Some("Bad Id".into()),
+            stock: Some(-1),
+            limits: Some(Limits {
+                per_phone: Some(0),
+                ..Limits::default()
+            }),
+            coupon: Some(CouponDraft {
+                kind: Some("percent_off".into()),
+                percent_off: Some(100),
+                amount_off: Some(5),
+                ..CouponDraft::default()
+            }),
+            valid_for_days: Some(0),
+            starts_at: Some("yesterday".into()),
+            ..CampaignDraft::default()
+        };
         let errs = CampaignSpec::parse(&r, "x", datetime!(2026-11-11 00:00 UTC)).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         for f in [

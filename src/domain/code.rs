@@ -47,6 +47,17 @@ pub enum CodeError {
     OutOfRange,
 }
 
+impl CodeError {
+    /// The snake_case label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CodeError::Malformed => "malformed",
+            CodeError::BadSignature => "bad_signature",
+            CodeError::OutOfRange => "out_of_range",
+        }
+    }
+}
+
 /// Mints and verifies codes under one key.
 #[derive(Clone)]
 pub struct CodeKey([u8; 32]);

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// One field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     /// JSON path of the field, e.g. `coupon.amount_off`.
     pub field: String,
@@ -44,4 +44,40 @@ impl Errors {
 /// the alphabet of device ids, order ids and store ids.
 pub fn is_visible_ascii(s: &str) -> bool {
     s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// An optional or required text field of visible ASCII, at most `max` bytes.
+pub fn visible_field(
+    field: &str,
+    v: Option<&str>,
+    max: usize,
+    required: bool,
+    errs: &mut Errors,
+) -> Option<String> {
+    match v {
+        None if required => {
+            errs.push(field, "is required");
+            None
+        }
+        None => None,
+        Some(s) if s.is_empty() || s.len() > max || !is_visible_ascii(s) => {
+            errs.push(
+                field,
+                format!("must be 1 to {max} visible ASCII characters"),
+            );
+            None
+        }
+        Some(s) => Some(s.to_owned()),
+    }
+}
+
+/// An amount of money in minor units, `0..=MAX_MONEY`.
+pub fn amount_field(field: &str, v: Option<i64>, errs: &mut Errors) -> Option<i64> {
+    match v {
+        Some(a) if !(0..=crate::domain::campaign::MAX_MONEY).contains(&a) => {
+            errs.push(field, "must be between 0 and 1000000000000 (minor units)");
+            None
+        }
+        a => a,
+    }
 }

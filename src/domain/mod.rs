@@ -8,6 +8,8 @@ pub mod clock;
 pub mod code;
 pub mod error;
 pub mod identity;
+pub mod limits;
+pub mod ratelimit;
 pub mod secret;
 
 pub use error::FieldError;

@@ -5,15 +5,13 @@
 
 use std::net::IpAddr;
 
-use crate::domain::identity::ClientIp;
-
-/// Picks the client address from the peer and the `X-Forwarded-For` values.
+/// Picks the client address from the peer and the `X-Forwarded-For` values
+/// (an IPv4-mapped IPv6 address is returned as the IPv4 address).
 pub fn client_ip(
     peer: Option<IpAddr>,
     forwarded_for: &[&str],
     is_trusted: impl Fn(IpAddr) -> bool,
-    ipv6_prefix: u8,
-) -> ClientIp {
+) -> IpAddr {
     let unspecified = IpAddr::from([0u8, 0, 0, 0]);
     let mut ip = peer.unwrap_or(unspecified);
     if is_trusted(ip) {
@@ -35,7 +33,10 @@ pub fn client_ip(
             }
         }
     }
-    ClientIp::new(ip, ipv6_prefix)
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 #[cfg(test)]
@@ -48,13 +49,8 @@ mod tests {
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_it_forwards() {
-        let ip = client_ip(
-            Some("203.0.113.9".parse().unwrap()),
-            &["1.2.3.4"],
-            trusted,
-            64,
-        );
-        assert_eq!(ip.addr(), "203.0.113.9".parse::<IpAddr>().unwrap());
+        let ip = client_ip(Some("203.0.113.9".parse().unwrap()), &["1.2.3.4"], trusted);
+        assert_eq!(ip, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 
     #[test]
@@ -63,9 +59,8 @@ mod tests {
             Some("10.0.0.1".parse().unwrap()),
             &["6.6.6.6, 198.51.100.7", "10.0.0.2"],
             trusted,
-            64,
         );
-        assert_eq!(ip.addr(), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]
@@ -74,8 +69,7 @@ mod tests {
             Some("10.0.0.1".parse().unwrap()),
             &["1.1.1.1, junk"],
             trusted,
-            64,
         );
-        assert_eq!(ip.addr(), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ip, "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

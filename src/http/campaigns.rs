@@ -3,12 +3,11 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::domain::campaign::{CampaignView, CreateCampaignRequest};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::body::read_json;
-use crate::service::CreateResult;
+use crate::http::wire::{CampaignView, CreateCampaignRequest};
 
 /// Create a campaign.
 #[utoipa::path(
@@ -33,29 +32,18 @@ pub async fn create(
     caller.require_admin()?;
     let (body, raw): (CreateCampaignRequest, _) =
         read_json(&req, payload, &state.body_limits).await?;
-    let (id, body) = match state
-        .coupons
-        .create_campaign(&body, &caller.ctx, &raw)
-        .await
-    {
-        Ok(view) => {
-            tracing::info!(campaign = %view.id, by = %caller.name, "campaign created");
-            let body = serde_json::to_vec(&view).map_err(|_| ApiError::Internal)?;
-            (view.id, body)
-        }
-        Err(CreateResult::Replay(body)) => {
-            let id = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
-                .unwrap_or_default();
-            (id, body.into_bytes())
-        }
-        Err(CreateResult::Error(e)) => return Err(e),
-    };
+    let created = state
+        .services
+        .campaigns
+        .create(&body.into(), &caller.ctx, &raw)
+        .await?;
+    if !created.replay {
+        tracing::info!(campaign = %created.spec.id, by = %caller.name, "campaign created");
+    }
+    let view = CampaignView::created(&created.spec);
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/v1/campaigns/{id}")))
-        .content_type("application/json")
-        .body(body))
+        .insert_header((header::LOCATION, format!("/v1/campaigns/{}", view.id)))
+        .json(view))
 }
 
 /// Read a campaign with its live counters.
@@ -75,5 +63,12 @@ pub async fn get(
     caller: Caller,
 ) -> Result<web::Json<CampaignView>, ApiError> {
     caller.require_admin()?;
-    Ok(web::Json(state.coupons.campaign(&id).await?))
+    let c = state.services.campaigns.get(&id).await?;
+    Ok(web::Json(CampaignView::new(
+        &c.spec,
+        &c.state,
+        c.issued,
+        c.redeemed,
+        state.services.campaigns.now_ms(),
+    )))
 }

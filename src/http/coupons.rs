@@ -3,12 +3,12 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
-use crate::guard::client_ip::client_ip;
+use crate::guard::Client;
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::body::read_json;
 use crate::http::problem::Problem;
-use crate::service::{
+use crate::http::wire::{
     ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
     ValidateRequest, ValidateResponse,
 };
@@ -39,20 +39,13 @@ pub async fn claim(
     id: web::Path<String>,
     payload: web::Payload,
     caller: Caller,
+    client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let (body, _): (ClaimRequest, _) = read_json(&req, payload, &state.body_limits).await?;
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let ip = client_ip(
-        req.peer_addr().map(|a| a.ip()),
-        &forwarded,
-        |ip| state.trusted_proxies.iter().any(|n| n.contains(&ip)),
-        state.coupons.ipv6_prefix(),
-    );
-    let res = state.coupons.claim(&id, &body, ip, &caller.ctx).await?;
+    let services = &state.services;
+    let cmd = body.parse(&id, services.settings.region)?;
+    let who = services.claims.claimant(&cmd, &client.ip);
+    let res = ClaimResponse::from(services.claims.claim(&cmd, &who, &caller.ctx).await?);
     Ok(HttpResponse::Created().json(res))
 }
 
@@ -79,7 +72,10 @@ pub async fn redeem(
     caller: Caller,
 ) -> Result<web::Json<RedeemResponse>, ApiError> {
     let (body, _): (RedeemRequest, _) = read_json(&req, payload, &state.body_limits).await?;
-    Ok(web::Json(state.coupons.redeem(&body, &caller.ctx).await?))
+    let services = &state.services;
+    let cmd = body.parse(services.settings.region)?;
+    let done = services.redemptions.redeem(&cmd, &caller.ctx).await?;
+    Ok(web::Json(done.into()))
 }
 
 /// Undo a redemption (order cancelled or refunded): the code is usable again.
@@ -103,7 +99,10 @@ pub async fn rollback(
     _caller: Caller,
 ) -> Result<web::Json<RollbackResponse>, ApiError> {
     let (body, _): (RollbackRequest, _) = read_json(&req, payload, &state.body_limits).await?;
-    Ok(web::Json(state.coupons.rollback(&body).await?))
+    let cmd = body.parse()?;
+    Ok(web::Json(
+        state.services.redemptions.rollback(&cmd).await?.into(),
+    ))
 }
 
 /// Would this code redeem for this order now? Charges nothing.
@@ -125,5 +124,7 @@ pub async fn validate(
     _caller: Caller,
 ) -> Result<web::Json<ValidateResponse>, ApiError> {
     let (body, _): (ValidateRequest, _) = read_json(&req, payload, &state.body_limits).await?;
-    Ok(web::Json(state.coupons.validate(&body).await?))
+    let services = &state.services;
+    let cmd = body.parse(services.settings.region)?;
+    Ok(web::Json(services.redemptions.validate(&cmd).await?.into()))
 }

@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::guard::Client;
 use crate::http::AppState;
 
 /// The server-made id of a request.
@@ -47,6 +48,20 @@ pub async fn edge(
     let started = Instant::now();
     let id = next_request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
+    // The client address, resolved once for every route (trusted proxies,
+    // IPv6 prefix); handlers and the guard read it from the extensions.
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let client = state
+            .services
+            .guard
+            .client(req.peer_addr().map(|a| a.ip()), &forwarded);
+        req.extensions_mut().insert(client);
+    }
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let span = tracing::info_span!("http", request_id = %id, %method, %route);
@@ -97,4 +112,19 @@ pub async fn edge(
         tracing::debug!(parent: &span, status, ms, "request");
     }
     result
+}
+
+/// The client of the request, as the edge resolved it.
+impl actix_web::FromRequest for Client {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(
+            req.extensions()
+                .get::<Client>()
+                .copied()
+                .ok_or(ApiError::Internal),
+        )
+    }
 }

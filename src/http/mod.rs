@@ -1,6 +1,7 @@
-//! HTTP: actix routes, extractors, and the one `ResponseError` that renders
-//! problem+json. Handlers extract and validate input, call one
-//! `service::Coupons` method and render its answer; they hold no logic.
+//! HTTP: actix routes, extractors, wire types, and the one `ResponseError`
+//! that renders problem+json. Handlers extract and parse input (into the
+//! service's commands, see [`wire`]), call the guard and one use case, and
+//! render the answer; they hold no logic.
 
 pub mod auth;
 pub mod body;
@@ -10,23 +11,24 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod wire;
 
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::web;
-use ipnet::IpNet;
+use std::sync::Arc;
+
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::service::Coupons;
 use crate::settings::ApiKey;
+use crate::startup::Services;
 
 /// Everything a handler may need, shared by all workers.
 #[derive(Debug)]
 pub struct AppState {
-    pub coupons: Coupons,
+    pub services: Arc<Services>,
     pub body_limits: body::BodyLimits,
     pub max_header_bytes: usize,
     pub api_keys: Vec<ApiKey>,
-    pub trusted_proxies: Vec<IpNet>,
     pub metrics: Option<PrometheusHandle>,
 }
 

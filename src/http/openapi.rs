@@ -4,14 +4,11 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::domain::FieldError;
-use crate::domain::campaign::{
-    CampaignView, Coupon, CouponRequest, CreateCampaignRequest, Limits, Status,
-};
 use crate::http::problem::Problem;
-use crate::service::{
-    ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
-    ValidateRequest, ValidateResponse,
+use crate::http::wire::schemas::{CouponSchema, FieldErrorSchema, LimitsSchema, StatusSchema};
+use crate::http::wire::{
+    CampaignView, ClaimRequest, ClaimResponse, CouponRequest, CreateCampaignRequest, RedeemRequest,
+    RedeemResponse, RollbackRequest, RollbackResponse, ValidateRequest, ValidateResponse,
 };
 
 #[derive(Debug, OpenApi)]
@@ -34,7 +31,7 @@ Every 4xx/5xx is application/problem+json with a stable `code`.",
         crate::http::ops::openapi,
     ),
     components(schemas(
-        Problem, FieldError, CreateCampaignRequest, CouponRequest, Limits, Coupon, CampaignView, Status,
+        Problem, FieldErrorSchema, CreateCampaignRequest, CouponRequest, LimitsSchema, CouponSchema, CampaignView, StatusSchema,
         ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
         ValidateRequest, ValidateResponse
     )),

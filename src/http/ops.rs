@@ -18,7 +18,7 @@ pub async fn healthz() -> HttpResponse {
     (status = 503, description = "the store does not answer", body = crate::http::problem::Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.coupons.store().ping().await?;
+    state.services.store.ping().await?;
     Ok(HttpResponse::Ok().content_type("text/plain").body("ready"))
 }
 

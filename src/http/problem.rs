@@ -16,7 +16,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::FieldError;
+use crate::domain::ratelimit::RateState;
 use crate::error::ApiError;
+use crate::http::wire::schemas::FieldErrorSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -38,10 +40,15 @@ pub struct Problem {
     pub detail: String,
     /// The fields that failed validation (`invalid_request`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldErrorSchema>>)]
     pub errors: Option<Vec<FieldError>>,
     /// The quota or rule that was hit (`limit_exceeded`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<&'static str>,
+    pub limit: Option<String>,
+    /// Why the client is refused (`blocked`): `block_list` or `ban`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(block_list|ban)$")]
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -58,7 +65,11 @@ impl ApiError {
                 _ => None,
             },
             limit: match self {
-                ApiError::LimitExceeded { limit, .. } => Some(limit),
+                ApiError::LimitExceeded { limit, .. } => Some(limit.to_string()),
+                _ => None,
+            },
+            reason: match self {
+                ApiError::Blocked { reason, .. } => Some(reason.as_str()),
                 _ => None,
             },
         }
@@ -69,6 +80,7 @@ impl ApiError {
             ApiError::Unavailable => Some(1),
             ApiError::RequestInProgress => Some(1),
             ApiError::LimitExceeded { retry_after, .. } => *retry_after,
+            ApiError::Blocked { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -89,7 +101,23 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        res.body(body)
+        let mut res = res.body(body);
+        if let ApiError::LimitExceeded { rate: Some(r), .. } = self {
+            insert_rate_headers(res.headers_mut(), r);
+        }
+        res
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` for `state`.
+pub fn insert_rate_headers(headers: &mut actix_web::http::header::HeaderMap, state: &RateState) {
+    for (name, value) in [
+        ("ratelimit-policy", state.policy_header()),
+        ("ratelimit", state.limit_header()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(header::HeaderName::from_static(name), v);
+        }
     }
 }
 

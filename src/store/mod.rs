@@ -5,13 +5,18 @@
 //!   Redis Cluster.
 //! - [`scripts`] embeds `lua/*.lua`; they are sent by EVALSHA and re-loaded
 //!   on `NOSCRIPT` (a restarted or failed-over Redis has an empty script cache).
-//! - [`redis`] is the typed store the domain talks to, with a deadline on
-//!   every call.
+//! - [`redis`] is the connection with a deadline on every call, and the error
+//!   classes; [`campaigns`] owns the campaign record's schema; [`coupons`] the
+//!   claim / redeem / rollback scripts and their typed outcomes.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
 
+pub mod campaigns;
+pub mod coupons;
 pub mod keys;
 pub mod managed;
 pub mod redis;
 pub mod scripts;
 
-pub use self::redis::{ClaimOutcome, RedeemOutcome, Store, StoreError};
+pub use self::campaigns::{CreateIdem, CreateOutcome, StoredCampaign};
+pub use self::coupons::{ClaimOutcome, CodeState, Idem, RedeemOutcome, RollbackOutcome};
+pub use self::redis::{Store, StoreError};

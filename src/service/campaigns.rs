@@ -1,0 +1,117 @@
+//! Create and read campaigns.
+
+use std::sync::Arc;
+
+use crate::domain::campaign::{CampaignDraft, CampaignId, CampaignSpec, campaign_no_in_range};
+use crate::domain::clock::Clock;
+use crate::error::ApiError;
+use crate::service::RequestContext;
+use crate::service::catalog::{CampaignInfo, Catalog};
+use crate::service::idempotency::Idempotency;
+use crate::store::keys::CampaignKeys;
+use crate::store::{CreateOutcome, Store, StoredCampaign};
+
+#[derive(Debug)]
+pub struct CampaignService {
+    store: Store,
+    catalog: Arc<Catalog>,
+    idem: Idempotency,
+    clock: Arc<dyn Clock>,
+}
+
+/// A created campaign; `replay` when it is the first answer of an earlier
+/// request with the same `Idempotency-Key`.
+#[derive(Debug)]
+pub struct Created {
+    pub spec: CampaignSpec,
+    pub replay: bool,
+}
+
+/// A path id that is not a campaign id names no campaign: `404`.
+pub fn parse_campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
+    CampaignId::parse(raw).map_err(|_| ApiError::CampaignNotFound(raw.chars().take(64).collect()))
+}
+
+impl CampaignService {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        idem: Idempotency,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            idem,
+            clock,
+        }
+    }
+
+    /// Creates a campaign. `raw_body` fingerprints the request for
+    /// idempotency (the same key with another body is refused).
+    pub async fn create(
+        &self,
+        draft: &CampaignDraft,
+        ctx: &RequestContext,
+        raw_body: &[u8],
+    ) -> Result<Created, ApiError> {
+        let now = self.clock.now();
+        let fingerprint = self.idem.digest(&[b"create", raw_body]);
+        // With an Idempotency-Key and no id, the id is derived from the key,
+        // so a retry finds the campaign its first attempt created.
+        let generated = match &ctx.idempotency_key {
+            Some(k) => format!(
+                "c-{}",
+                &self
+                    .idem
+                    .digest(&[b"campaign-id", ctx.caller.as_bytes(), k.as_bytes()])[..16]
+            ),
+            None => format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+        };
+        let spec = CampaignSpec::parse(draft, &generated, now).map_err(ApiError::InvalidRequest)?;
+        let id = CampaignId::parse(&spec.id).map_err(|_| ApiError::Internal)?;
+        let keys = CampaignKeys::new(&id);
+
+        let no = self.store.next_campaign_no().await?;
+        if !campaign_no_in_range(no) {
+            tracing::error!(no, "campaign numbers are exhausted");
+            return Err(ApiError::Internal);
+        }
+        let no = no as u32;
+        self.store.bind_campaign_no(no, id.as_str()).await?;
+        let idem = self.idem.create_record(ctx, fingerprint);
+        match self.store.create_campaign(&keys, &spec, no, idem).await? {
+            CreateOutcome::Created => {
+                self.catalog.remember(CampaignInfo {
+                    id: spec.id.clone(),
+                    no,
+                    coupon: spec.coupon.clone(),
+                    keys,
+                });
+                Ok(Created {
+                    spec,
+                    replay: false,
+                })
+            }
+            CreateOutcome::Replay(spec) => Ok(Created {
+                spec: *spec,
+                replay: true,
+            }),
+            CreateOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
+            CreateOutcome::Exists => Err(ApiError::CampaignExists(spec.id)),
+        }
+    }
+
+    /// A campaign with its live counters.
+    pub async fn get(&self, raw_id: &str) -> Result<StoredCampaign, ApiError> {
+        let id = parse_campaign_id(raw_id)?;
+        self.store
+            .campaign(&CampaignKeys::new(&id))
+            .await?
+            .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}

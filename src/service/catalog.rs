@@ -1,0 +1,96 @@
+//! The in-process cache of what never changes about a campaign once it
+//! exists (its number, its coupon terms, its keys), so a claim or redemption
+//! costs one Redis round trip. Counters and state are never cached here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::domain::campaign::{CampaignId, Coupon};
+use crate::domain::code::CodePayload;
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::store::keys::CampaignKeys;
+
+/// The cached facts of one campaign.
+#[derive(Debug)]
+pub struct CampaignInfo {
+    pub id: String,
+    pub no: u32,
+    pub coupon: Coupon,
+    pub keys: CampaignKeys,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    store: Store,
+    by_id: RwLock<HashMap<String, Arc<CampaignInfo>>>,
+    by_no: RwLock<HashMap<u32, Arc<CampaignInfo>>>,
+}
+
+impl Catalog {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            by_id: RwLock::default(),
+            by_no: RwLock::default(),
+        }
+    }
+
+    pub fn remember(&self, info: CampaignInfo) -> Arc<CampaignInfo> {
+        let info = Arc::new(info);
+        self.by_id
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.id.clone(), info.clone());
+        self.by_no
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.no, info.clone());
+        info
+    }
+
+    /// The campaign `id`, from the cache or the store; `None` if it does not exist.
+    pub async fn get(&self, id: &CampaignId) -> Result<Option<Arc<CampaignInfo>>, ApiError> {
+        if let Some(i) = self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id.as_str())
+        {
+            return Ok(Some(i.clone()));
+        }
+        let keys = CampaignKeys::new(id);
+        let Some(stored) = self.store.campaign(&keys).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.remember(CampaignInfo {
+            id: id.to_string(),
+            no: stored.no,
+            coupon: stored.spec.coupon,
+            keys,
+        })))
+    }
+
+    /// The campaign a verified code belongs to; `invalid_code` when none.
+    pub async fn by_code(&self, p: CodePayload) -> Result<Arc<CampaignInfo>, ApiError> {
+        if let Some(i) = self
+            .by_no
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&p.campaign_no)
+        {
+            return Ok(i.clone());
+        }
+        let id = self
+            .store
+            .campaign_id_by_no(p.campaign_no)
+            .await?
+            .and_then(|id| CampaignId::parse(&id).ok())
+            .ok_or(ApiError::InvalidCode)?;
+        let info = self.get(&id).await?.ok_or(ApiError::InvalidCode)?;
+        if info.no != p.campaign_no {
+            return Err(ApiError::InvalidCode);
+        }
+        Ok(info)
+    }
+}

@@ -1,0 +1,158 @@
+//! Claim one coupon: pseudonymize, resolve the campaign from the catalog,
+//! run the claim script once, mint the code for the serial it returns.
+
+use std::sync::Arc;
+
+use crate::domain::campaign::{CampaignId, Coupon};
+use crate::domain::clock::Clock;
+use crate::domain::code::{CodeKey, CodePayload};
+use crate::domain::identity::{ClientIp, DeviceId, Phone, Pseudonym, Pseudonymizer};
+use crate::error::ApiError;
+use crate::service::RequestContext;
+use crate::service::catalog::Catalog;
+use crate::service::idempotency::Idempotency;
+use crate::store::{ClaimOutcome, Store};
+
+/// A parsed claim.
+#[derive(Debug, Clone)]
+pub struct ClaimCommand {
+    pub campaign: CampaignId,
+    pub phone: Phone,
+    pub device: DeviceId,
+    pub user_id: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// The pseudonyms a claim is counted under (computed once per request and
+/// shared with the rules engine).
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub phone: Pseudonym,
+    pub device: Pseudonym,
+    pub ip: Pseudonym,
+}
+
+/// An issued coupon.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub code: String,
+    pub campaign_id: String,
+    pub claimed_ms: i64,
+    pub expires_ms: i64,
+    pub coupon: Coupon,
+}
+
+#[derive(Debug)]
+pub struct ClaimService {
+    store: Store,
+    catalog: Arc<Catalog>,
+    idem: Idempotency,
+    codes: CodeKey,
+    ids: Pseudonymizer,
+    clock: Arc<dyn Clock>,
+}
+
+impl ClaimService {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        idem: Idempotency,
+        codes: CodeKey,
+        ids: Pseudonymizer,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            idem,
+            codes,
+            ids,
+            clock,
+        }
+    }
+
+    pub fn claimant(&self, cmd: &ClaimCommand, ip: &ClientIp) -> Claimant {
+        Claimant {
+            phone: self.ids.phone(&cmd.phone),
+            device: self.ids.device(&cmd.device),
+            ip: self.ids.ip(ip),
+        }
+    }
+
+    /// Claims one coupon for `who`.
+    pub async fn claim(
+        &self,
+        cmd: &ClaimCommand,
+        who: &Claimant,
+        ctx: &RequestContext,
+    ) -> Result<Issued, ApiError> {
+        let id = &cmd.campaign;
+        let info = self
+            .catalog
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))?;
+        let fingerprint = self.idem.digest(&[
+            b"claim",
+            id.as_str().as_bytes(),
+            cmd.phone.as_e164().as_bytes(),
+            cmd.device.as_str().as_bytes(),
+            cmd.user_id.as_deref().unwrap_or("").as_bytes(),
+            cmd.channel.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        let idem = self.idem.record(ctx, fingerprint);
+        let outcome = self
+            .store
+            .claim(
+                &info.keys,
+                self.clock.now_ms(),
+                &who.phone,
+                &who.device,
+                &who.ip,
+                &idem,
+            )
+            .await?;
+        let label = match &outcome {
+            ClaimOutcome::Issued { .. } => "issued",
+            ClaimOutcome::NotFound => "campaign_not_found",
+            ClaimOutcome::NotActive(_) => "campaign_not_active",
+            ClaimOutcome::SoldOut => "sold_out",
+            ClaimOutcome::Limit(q) => q.as_str(),
+            ClaimOutcome::KeyReused => "idempotency_key_reused",
+        };
+        metrics::counter!("stampede_claims_total", "outcome" => label).increment(1);
+        match outcome {
+            ClaimOutcome::Issued {
+                serial,
+                claimed_ms,
+                expires_ms,
+            } => {
+                let code = self
+                    .codes
+                    .mint(CodePayload {
+                        campaign_no: info.no,
+                        serial,
+                    })
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "minting a code failed");
+                        ApiError::Internal
+                    })?;
+                Ok(Issued {
+                    code,
+                    campaign_id: info.id.clone(),
+                    claimed_ms,
+                    expires_ms,
+                    coupon: info.coupon.clone(),
+                })
+            }
+            ClaimOutcome::NotFound => Err(ApiError::CampaignNotFound(id.to_string())),
+            ClaimOutcome::NotActive(state) => Err(ApiError::CampaignNotActive {
+                id: id.to_string(),
+                state,
+            }),
+            ClaimOutcome::SoldOut => Err(ApiError::SoldOut(id.to_string())),
+            ClaimOutcome::Limit(q) => Err(ApiError::quota(q.as_str())),
+            ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The use cases, one file each: parse -> call the store -> map the outcome.
+//!
+//! This layer sits between `http`/`guard` and `store` and is not in
+//! STYLE.md's folder list: handlers stay thin (extract, call one method here,
+//! render), and the orchestration (verify the code offline, resolve the
+//! campaign from the in-process cache, pseudonymize, pick the idempotency
+//! record, map outcomes to API errors) is in one place that tests, benches and
+//! a CLI can call without HTTP.
+//!
+//! - [`campaigns`]: create and read campaigns.
+//! - [`claims`]: claim one coupon.
+//! - [`redemptions`]: redeem, roll back, validate a code.
+//! - [`catalog`]: the in-process cache of what never changes about a campaign.
+//! - [`idempotency`]: the record every script call carries (client key or server request id).
+
+pub mod campaigns;
+pub mod catalog;
+pub mod claims;
+pub mod idempotency;
+pub mod redemptions;
+
+/// Who is asking, and how their retries are recognised.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// API key name (`open` when the service runs without keys).
+    pub caller: String,
+    /// The `Idempotency-Key` header, validated.
+    pub idempotency_key: Option<String>,
+    /// Server-made id of this request.
+    pub request_id: String,
+}

@@ -1,0 +1,265 @@
+//! Redeem, roll back and validate a code: verify it offline (a forged or
+//! mistyped code never reaches Redis), find its campaign in the catalog, run
+//! one script.
+
+use std::sync::Arc;
+
+use crate::domain::campaign::{Coupon, Ineligible};
+use crate::domain::clock::{Clock, from_ms, rfc3339};
+use crate::domain::code::{CodeKey, CodePayload};
+use crate::domain::identity::Phone;
+use crate::error::ApiError;
+use crate::service::RequestContext;
+use crate::service::catalog::{CampaignInfo, Catalog};
+use crate::service::idempotency::Idempotency;
+use crate::store::{RedeemOutcome, RollbackOutcome, Store};
+
+/// A parsed redemption.
+#[derive(Debug, Clone)]
+pub struct RedeemCommand {
+    pub code: String,
+    pub order_id: String,
+    pub order_amount: Option<i64>,
+    pub phone: Option<Phone>,
+    pub store_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RollbackCommand {
+    pub code: String,
+    pub order_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidateCommand {
+    pub code: String,
+    pub order_amount: Option<i64>,
+    pub phone: Option<Phone>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    pub code: String,
+    pub order_id: String,
+    pub campaign_id: String,
+    pub discount: i64,
+    pub redeemed_ms: i64,
+    pub store_id: Option<String>,
+    pub gift_sku: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RolledBack {
+    pub code: String,
+    pub order_id: String,
+    pub campaign_id: String,
+    pub rolled_back: bool,
+}
+
+/// Whether a code would redeem now, and if not, why (an API error `code`).
+#[derive(Debug, Clone, Default)]
+pub struct Validation {
+    pub valid: bool,
+    pub discount: Option<i64>,
+    pub code: Option<&'static str>,
+    pub detail: Option<String>,
+    pub campaign_id: Option<String>,
+    pub expires_ms: Option<i64>,
+}
+
+impl Validation {
+    fn invalid(e: &ApiError) -> Self {
+        Self {
+            code: Some(e.parts().1),
+            detail: Some(e.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RedemptionService {
+    store: Store,
+    catalog: Arc<Catalog>,
+    idem: Idempotency,
+    codes: CodeKey,
+    clock: Arc<dyn Clock>,
+}
+
+fn discount(coupon: &Coupon, order_amount: Option<i64>) -> Result<i64, ApiError> {
+    coupon.discount(order_amount).map_err(|e| match e {
+        Ineligible::AmountRequired => ApiError::field("order_amount", e.to_string()),
+        Ineligible::BelowMinimum { .. } => ApiError::NotEligible(e.to_string()),
+    })
+}
+
+impl RedemptionService {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        idem: Idempotency,
+        codes: CodeKey,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            idem,
+            codes,
+            clock,
+        }
+    }
+
+    /// Checks a code's signature offline.
+    pub fn verify(&self, raw: &str) -> Result<CodePayload, ApiError> {
+        self.codes.verify(raw).map_err(|e| {
+            metrics::counter!("stampede_code_rejections_total", "reason" => e.label()).increment(1);
+            ApiError::InvalidCode
+        })
+    }
+
+    /// The campaign of a code (verified offline first).
+    pub async fn campaign_of(&self, raw: &str) -> Result<Arc<CampaignInfo>, ApiError> {
+        let p = self.verify(raw)?;
+        self.catalog.by_code(p).await
+    }
+
+    /// Redeems a code for an order.
+    pub async fn redeem(
+        &self,
+        cmd: &RedeemCommand,
+        ctx: &RequestContext,
+    ) -> Result<Redeemed, ApiError> {
+        let payload = self.verify(&cmd.code)?;
+        let info = self.catalog.by_code(payload).await?;
+        let discount = discount(&info.coupon, cmd.order_amount)?;
+        let fingerprint = self.idem.digest(&[
+            b"redeem",
+            cmd.code.as_bytes(),
+            cmd.order_id.as_bytes(),
+            cmd.order_amount
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+            cmd.store_id.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        let idem = self.idem.record(ctx, fingerprint);
+        let outcome = self
+            .store
+            .redeem(
+                &info.keys,
+                self.clock.now_ms(),
+                payload.serial,
+                &cmd.order_id,
+                discount,
+                cmd.store_id.as_deref().unwrap_or(""),
+                None,
+                &idem,
+            )
+            .await?;
+        let label = match &outcome {
+            RedeemOutcome::Redeemed { .. } => "redeemed",
+            RedeemOutcome::InvalidCode => "invalid_code",
+            RedeemOutcome::AlreadyRedeemed => "already_redeemed",
+            RedeemOutcome::Expired { .. } => "code_expired",
+            RedeemOutcome::WrongClaimer => "wrong_claimer",
+            RedeemOutcome::KeyReused => "idempotency_key_reused",
+        };
+        metrics::counter!("stampede_redemptions_total", "outcome" => label).increment(1);
+        match outcome {
+            RedeemOutcome::Redeemed {
+                order_id,
+                redeemed_ms,
+                discount,
+                store_id,
+            } => Ok(Redeemed {
+                code: cmd.code.clone(),
+                order_id,
+                campaign_id: info.id.clone(),
+                discount,
+                redeemed_ms,
+                store_id: (!store_id.is_empty()).then_some(store_id),
+                gift_sku: match &info.coupon {
+                    Coupon::Gift { gift_sku, .. } => Some(gift_sku.clone()),
+                    _ => None,
+                },
+            }),
+            RedeemOutcome::InvalidCode => Err(ApiError::InvalidCode),
+            RedeemOutcome::AlreadyRedeemed => Err(ApiError::AlreadyRedeemed),
+            RedeemOutcome::Expired { expires_ms } => {
+                Err(ApiError::CodeExpired(rfc3339(from_ms(expires_ms))))
+            }
+            RedeemOutcome::WrongClaimer => Err(ApiError::NotEligible(
+                "the code is bound to the phone that claimed it".into(),
+            )),
+            RedeemOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Undoes a redemption (order cancelled or refunded).
+    pub async fn rollback(&self, cmd: &RollbackCommand) -> Result<RolledBack, ApiError> {
+        let payload = self.verify(&cmd.code)?;
+        let info = self.catalog.by_code(payload).await?;
+        let outcome = self
+            .store
+            .rollback(
+                &info.keys,
+                self.clock.now_ms(),
+                payload.serial,
+                &cmd.order_id,
+            )
+            .await?;
+        let rolled_back = match outcome {
+            RollbackOutcome::RolledBack => true,
+            RollbackOutcome::NotRedeemed => false,
+            RollbackOutcome::OtherOrder => return Err(ApiError::AlreadyRedeemed),
+            RollbackOutcome::InvalidCode => return Err(ApiError::InvalidCode),
+        };
+        Ok(RolledBack {
+            code: cmd.code.clone(),
+            order_id: cmd.order_id.clone(),
+            campaign_id: info.id.clone(),
+            rolled_back,
+        })
+    }
+
+    /// Tells whether a code would redeem for this order now; charges nothing.
+    pub async fn validate(&self, cmd: &ValidateCommand) -> Result<Validation, ApiError> {
+        let payload = match self.verify(&cmd.code) {
+            Ok(p) => p,
+            Err(e) => return Ok(Validation::invalid(&e)),
+        };
+        let info = match self.catalog.by_code(payload).await {
+            Ok(i) => i,
+            Err(ApiError::InvalidCode) => return Ok(Validation::invalid(&ApiError::InvalidCode)),
+            Err(e) => return Err(e),
+        };
+        let state = self.store.code_state(&info.keys, payload.serial).await?;
+        let Some(exp) = state.claim_expires_ms else {
+            return Ok(Validation::invalid(&ApiError::InvalidCode));
+        };
+        let with_campaign = |r: Validation| Validation {
+            campaign_id: Some(info.id.clone()),
+            expires_ms: Some(exp),
+            ..r
+        };
+        if state.redeemed {
+            return Ok(with_campaign(Validation::invalid(
+                &ApiError::AlreadyRedeemed,
+            )));
+        }
+        if exp > 0 && self.clock.now_ms() >= exp {
+            let e = ApiError::CodeExpired(rfc3339(from_ms(exp)));
+            return Ok(with_campaign(Validation::invalid(&e)));
+        }
+        match discount(&info.coupon, cmd.order_amount) {
+            Ok(d) => Ok(with_campaign(Validation {
+                valid: true,
+                discount: Some(d),
+                ..Validation::default()
+            })),
+            Err(ApiError::InvalidRequest(e)) => Err(ApiError::InvalidRequest(e)),
+            Err(e) => Ok(with_campaign(Validation::invalid(&e))),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Claims, redemptions, rollbacks and code inspection: one script each, and
+//! the typed outcome of each (no positional reply leaves this module).
+
+use crate::domain::campaign::Quota;
+use crate::domain::identity::Pseudonym;
+use crate::store::keys::CampaignKeys;
+use crate::store::redis::{Result, Store, StoreError, parse};
+use crate::store::scripts;
+
+/// What a claim did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Issued {
+        serial: u64,
+        claimed_ms: i64,
+        expires_ms: i64,
+    },
+    NotFound,
+    NotActive(String),
+    SoldOut,
+    Limit(Quota),
+    KeyReused,
+}
+
+/// What a redemption did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemOutcome {
+    Redeemed {
+        order_id: String,
+        redeemed_ms: i64,
+        discount: i64,
+        store_id: String,
+    },
+    InvalidCode,
+    AlreadyRedeemed,
+    Expired {
+        expires_ms: i64,
+    },
+    WrongClaimer,
+    KeyReused,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    RolledBack,
+    NotRedeemed,
+    OtherOrder,
+    InvalidCode,
+}
+
+/// The read-only facts about one code.
+#[derive(Debug, Clone, Default)]
+pub struct CodeState {
+    pub campaign_state: Option<String>,
+    /// The claim's expiry (ms; 0: never), if the code was issued.
+    pub claim_expires_ms: Option<i64>,
+    pub redeemed: bool,
+}
+
+/// Idempotency of one script call: the record's key digest, the request's
+/// fingerprint, how long the record lives and whether rejections are kept.
+#[derive(Debug, Clone)]
+pub struct Idem {
+    pub digest: String,
+    pub fingerprint: String,
+    pub ttl_secs: u64,
+    pub keep_rejections: bool,
+}
+
+impl Store {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim(
+        &self,
+        keys: &CampaignKeys,
+        now_ms: i64,
+        phone: &Pseudonym,
+        device: &Pseudonym,
+        ip: &Pseudonym,
+        idem: &Idem,
+    ) -> Result<ClaimOutcome> {
+        let k = [
+            keys.meta(),
+            keys.quota_phone(),
+            keys.quota_device(),
+            keys.quota_ip(),
+            keys.claims(),
+            keys.idempotency(&idem.digest),
+        ];
+        let (now, ttl) = (now_ms.to_string(), idem.ttl_secs.to_string());
+        let keep = if idem.keep_rejections { "1" } else { "0" };
+        let out = self
+            .script(
+                &scripts::CLAIM,
+                &k.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[
+                    &now,
+                    phone.as_str(),
+                    device.as_str(),
+                    ip.as_str(),
+                    &idem.fingerprint,
+                    &ttl,
+                    keep,
+                ],
+            )
+            .await?;
+        let bad = || StoreError::Protocol(format!("claim: {out:?}"));
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => ClaimOutcome::Issued {
+                serial: parse(out.get(1), "serial")?,
+                claimed_ms: parse(out.get(2), "claimed_ms")?,
+                expires_ms: parse(out.get(3), "expires_ms")?,
+            },
+            Some("not_found") => ClaimOutcome::NotFound,
+            Some("not_active") => ClaimOutcome::NotActive(out.get(1).cloned().ok_or_else(bad)?),
+            Some("sold_out") => ClaimOutcome::SoldOut,
+            Some("limit") => {
+                ClaimOutcome::Limit(out.get(1).and_then(|q| Quota::parse(q)).ok_or_else(bad)?)
+            }
+            Some("reused") => ClaimOutcome::KeyReused,
+            _ => return Err(bad()),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn redeem(
+        &self,
+        keys: &CampaignKeys,
+        now_ms: i64,
+        serial: u64,
+        order_id: &str,
+        discount: i64,
+        store_id: &str,
+        claimer: Option<&Pseudonym>,
+        idem: &Idem,
+    ) -> Result<RedeemOutcome> {
+        let k = [
+            keys.meta(),
+            keys.claims(),
+            keys.redemptions(),
+            keys.idempotency(&idem.digest),
+        ];
+        let (now, serial, discount, ttl) = (
+            now_ms.to_string(),
+            serial.to_string(),
+            discount.to_string(),
+            idem.ttl_secs.to_string(),
+        );
+        let keep = if idem.keep_rejections { "1" } else { "0" };
+        let out = self
+            .script(
+                &scripts::REDEEM,
+                &k.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[
+                    &now,
+                    &serial,
+                    order_id,
+                    &discount,
+                    store_id,
+                    &idem.fingerprint,
+                    &ttl,
+                    keep,
+                    claimer.map_or("", Pseudonym::as_str),
+                ],
+            )
+            .await?;
+        let bad = || StoreError::Protocol(format!("redeem: {out:?}"));
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => RedeemOutcome::Redeemed {
+                order_id: out.get(1).cloned().ok_or_else(bad)?,
+                redeemed_ms: parse(out.get(2), "redeemed_ms")?,
+                discount: parse(out.get(3), "discount")?,
+                store_id: out.get(4).cloned().unwrap_or_default(),
+            },
+            Some("invalid_code") => RedeemOutcome::InvalidCode,
+            Some("already_redeemed") => RedeemOutcome::AlreadyRedeemed,
+            Some("expired") => RedeemOutcome::Expired {
+                expires_ms: parse(out.get(1), "expires_ms")?,
+            },
+            Some("wrong_claimer") => RedeemOutcome::WrongClaimer,
+            Some("reused") => RedeemOutcome::KeyReused,
+            _ => return Err(bad()),
+        })
+    }
+
+    pub async fn rollback(
+        &self,
+        keys: &CampaignKeys,
+        now_ms: i64,
+        serial: u64,
+        order_id: &str,
+    ) -> Result<RollbackOutcome> {
+        let k = [keys.meta(), keys.redemptions(), keys.rollbacks()];
+        let (now, serial) = (now_ms.to_string(), serial.to_string());
+        let out = self
+            .script(
+                &scripts::ROLLBACK,
+                &k.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[&now, &serial, order_id],
+            )
+            .await?;
+        match (
+            out.first().map(String::as_str),
+            out.get(1).map(String::as_str),
+        ) {
+            (Some("ok"), Some("1")) => Ok(RollbackOutcome::RolledBack),
+            (Some("ok"), Some("0")) => Ok(RollbackOutcome::NotRedeemed),
+            (Some("other_order"), _) => Ok(RollbackOutcome::OtherOrder),
+            (Some("invalid_code"), _) => Ok(RollbackOutcome::InvalidCode),
+            _ => Err(StoreError::Protocol(format!("rollback: {out:?}"))),
+        }
+    }
+
+    pub async fn code_state(&self, keys: &CampaignKeys, serial: u64) -> Result<CodeState> {
+        let k = [keys.meta(), keys.claims(), keys.redemptions()];
+        let serial = serial.to_string();
+        let out = self
+            .script(
+                &scripts::INSPECT_CODE,
+                &k.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[&serial],
+            )
+            .await?;
+        // A claim record is 'phone|device|ip|claimed_ms|expires_ms'.
+        let claim_expires_ms = match out.get(1).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(rec) => Some(
+                rec.rsplit('|')
+                    .next()
+                    .and_then(|e| e.parse().ok())
+                    .ok_or_else(|| StoreError::Protocol("corrupt claim record".into()))?,
+            ),
+        };
+        Ok(CodeState {
+            campaign_state: out.first().filter(|s| !s.is_empty()).cloned(),
+            claim_expires_ms,
+            redeemed: out.get(2).is_some_and(|s| !s.is_empty()),
+        })
+    }
+}
