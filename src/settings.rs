@@ -60,6 +60,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// IPv6 clients are counted per this prefix.
     pub ipv6_prefix: u8,
+    /// The security team's rules file (LIMITS.md); watched and hot-reloaded.
+    pub limits_file: Option<PathBuf>,
     /// HTTP worker threads; default: one per core.
     pub workers: Option<usize>,
     /// `text` or `json`.
@@ -88,6 +90,7 @@ impl Default for Settings {
             shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
             ipv6_prefix: 64,
+            limits_file: None,
             workers: None,
             log_format: "text".into(),
         }

@@ -36,6 +36,8 @@ pub enum StartupError {
     Secret(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("rules file: {0}")]
+    Limits(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
 }
@@ -48,7 +50,7 @@ pub struct Services {
     pub campaigns: CampaignService,
     pub claims: ClaimService,
     pub redemptions: RedemptionService,
-    pub guard: Guard,
+    pub guard: Arc<Guard>,
     managed: Option<ManagedRedis>,
 }
 
@@ -112,7 +114,10 @@ impl Services {
                 clock.clone(),
             ),
             redemptions: RedemptionService::new(store.clone(), catalog, idem, codes, clock.clone()),
-            guard: Guard::new(&settings),
+            guard: Arc::new(
+                Guard::new(&settings, store.clone(), ids.clone(), clock.clone())
+                    .map_err(StartupError::Limits)?,
+            ),
             store,
             clock,
             managed,
@@ -202,6 +207,7 @@ impl Application {
     /// Builds the [`Services`] and binds the listener.
     pub async fn build(settings: Validated, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let services = Arc::new(Services::build(settings, clock).await?);
+        crate::worker::start(&services.guard);
         let settings = &services.settings;
         let raw = &settings.raw;
         if settings.api_keys.is_empty() {

@@ -230,6 +230,11 @@ impl Pseudonymizer {
         self.of(b"device", d.0.as_bytes())
     }
 
+    /// A caller-supplied user id (rules may key on it).
+    pub fn user(&self, user_id: &str) -> Pseudonym {
+        self.of(b"user", user_id.as_bytes())
+    }
+
     pub fn ip(&self, ip: &ClientIp) -> Pseudonym {
         let bytes = match ip.0 {
             IpAddr::V4(v4) => v4.octets().to_vec(),

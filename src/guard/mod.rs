@@ -1,21 +1,44 @@
-//! The anti-abuse edge, before any use case runs: who the client is (its
-//! address, through trusted proxies only, resolved once for every route).
-//! The shield, the rules engine and the block/allow lists build on it.
+//! The anti-abuse edge, before any use case runs (LIMITS.md):
+//!
+//! 1. the client address, resolved once for every route (trusted proxies,
+//!    IPv6 prefix: the service settings, overridden by the rules file's
+//!    `[defaults]`);
+//! 2. the [`shield`]: an in-process per-IP limiter in front of every route,
+//!    no Redis;
+//! 3. the block list (in-process), then running [`bans`] (an in-process view
+//!    of the bans hash), then the allow list (skips the rules);
+//! 4. the [`rules`] of the security team's file: one script call per hash
+//!    slot before the use case; `successes`/`failures` settled after it.
+//!
+//! The rules file is loaded at start (a bad file stops the start) and
+//! replaced whole by [`Guard::install`] when the watcher (`worker`) sees a
+//! valid edit; an invalid edit is rejected whole and the last good rules
+//! stay.
 
+pub mod bans;
 pub mod client_ip;
+pub mod rules;
+pub mod shield;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::domain::identity::ClientIp;
-use crate::domain::limits::Defaults;
-use crate::settings::Validated;
+use crate::domain::clock::Clock;
+use crate::domain::identity::{ClientIp, DeviceId, Phone, Pseudonym, Pseudonymizer};
+use crate::domain::limits::{BanKind, Count, Defaults, Endpoint, LimitsError, RuleSet};
+use crate::domain::ratelimit::{RateState, ceil_secs};
+use crate::error::{ApiError, BlockReason};
+use crate::store::Store;
+use crate::store::rules::{AuditEntry, BanRecord, RuleCall, RuleStatus};
+use bans::{BanCache, subject};
+use rules::{Decision, Subject, by_slot, plan};
+use shield::Shield;
 
-/// How the client address is read: the service settings, overridden by the
-/// rules file's `[defaults]` (and reloaded with it).
+/// How the client address is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeConfig {
     pub trusted_proxies: Vec<IpNet>,
@@ -30,21 +53,215 @@ pub struct Client {
     pub ip: ClientIp,
 }
 
+/// The rules in force.
 #[derive(Debug)]
+pub struct Limits {
+    pub set: RuleSet,
+    pub loaded_ms: i64,
+    pub shield: Option<Shield>,
+}
+
+/// The last edit of the rules file that was refused.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub at_ms: i64,
+    pub error: String,
+}
+
+/// The identities of a request the rules and lists look at. Clear values
+/// stay in request memory (block and allow lists match them); only
+/// pseudonyms reach Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub campaign: Option<&'a str>,
+    pub ip: &'a Pseudonym,
+    pub phone: Option<(&'a Phone, &'a Pseudonym)>,
+    pub device: Option<(&'a DeviceId, &'a Pseudonym)>,
+    pub user: Option<&'a str>,
+}
+
+/// What the rules said of an admitted request: the headers to send, and the
+/// `successes`/`failures` rules to charge once its outcome is known.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub rate: Option<RateState>,
+    settle: Vec<(Count, RuleCall)>,
+}
+
+/// How a request ended, as `successes`/`failures` rules count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// Neither (a 401/403, a malformed request, the store failing).
+    Neither,
+}
+
 pub struct Guard {
     base: EdgeConfig,
     edge: ArcSwap<EdgeConfig>,
+    limits: ArcSwap<Limits>,
+    rejected: Mutex<Option<Rejected>>,
+    file: Option<PathBuf>,
+    bans: BanCache,
+    store: Store,
+    ids: Pseudonymizer,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("file", &self.file)
+            .field("version", &self.limits.load().set.version)
+            .finish()
+    }
+}
+
+/// Reads and parses a rules file.
+pub fn read_rules(path: &std::path::Path) -> Result<RuleSet, LimitsError> {
+    let meta = std::fs::metadata(path).map_err(|e| LimitsError {
+        line: None,
+        column: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    if meta.len() > crate::domain::limits::MAX_FILE_BYTES as u64 {
+        return Err(LimitsError {
+            line: None,
+            column: None,
+            message: "the file is larger than 1 MiB".into(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| LimitsError {
+        line: None,
+        column: None,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    RuleSet::parse(&text)
 }
 
 impl Guard {
-    pub fn new(settings: &Validated) -> Self {
+    /// The guard for `settings`; with a rules file, the file must be valid.
+    pub fn new(
+        settings: &crate::settings::Validated,
+        store: Store,
+        ids: Pseudonymizer,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
         let base = EdgeConfig {
             trusted_proxies: settings.raw.trusted_proxies.clone(),
             ipv6_prefix: settings.raw.ipv6_prefix,
         };
-        Self {
+        let file = settings.raw.limits_file.clone();
+        let set = match &file {
+            Some(f) => read_rules(f).map_err(|e| format!("{}: {e}", f.display()))?,
+            None => RuleSet::default(),
+        };
+        let guard = Self {
             edge: ArcSwap::from_pointee(base.clone()),
             base,
+            limits: ArcSwap::from_pointee(Limits {
+                set: RuleSet::default(),
+                loaded_ms: 0,
+                shield: None,
+            }),
+            rejected: Mutex::new(None),
+            file,
+            bans: BanCache::default(),
+            store,
+            ids,
+            clock,
+        };
+        guard.swap_in(set);
+        Ok(guard)
+    }
+
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
+    }
+
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.load_full()
+    }
+
+    pub fn last_rejected(&self) -> Option<Rejected> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn bans(&self) -> &BanCache {
+        &self.bans
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn swap_in(&self, set: RuleSet) {
+        self.apply_defaults(&set.defaults);
+        let shield = set.shield.and_then(Shield::new);
+        self.limits.store(Arc::new(Limits {
+            set,
+            loaded_ms: self.clock.now_ms(),
+            shield,
+        }));
+    }
+
+    /// Puts a new rule set in force (a valid edit of the file), and records
+    /// the reload in the audit stream.
+    pub async fn install(&self, set: RuleSet) {
+        let version = set.version.clone();
+        let rules = set.rules.len();
+        self.swap_in(set);
+        metrics::counter!("stampede_rules_reloads_total", "result" => "ok").increment(1);
+        tracing::info!(%version, rules, "rules file reloaded");
+        self.audit(
+            "rules-file",
+            "limits.reload",
+            &version,
+            "",
+            &format!("{rules} rules"),
+        )
+        .await;
+    }
+
+    /// Records an edit of the file that was refused (the last good rules stay).
+    pub async fn reject(&self, error: &LimitsError) {
+        let file = self
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
+        let message = format!("{file}: {error}");
+        metrics::counter!("stampede_rules_reloads_total", "result" => "rejected").increment(1);
+        tracing::warn!(
+            file = %file,
+            line = error.line.unwrap_or(0),
+            reason = %error.message,
+            "rules file edit rejected; the last good rules stay in force"
+        );
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(Rejected {
+            at_ms: self.clock.now_ms(),
+            error: message.clone(),
+        });
+        self.audit("rules-file", "limits.reload_rejected", &file, "", &message)
+            .await;
+    }
+
+    /// Appends to the audit stream; a failure is logged, never fatal.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, reason: &str, detail: &str) {
+        let entry = AuditEntry {
+            at_ms: self.clock.now_ms(),
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            reason: reason.into(),
+            detail: detail.into(),
+        };
+        if let Err(e) = self.store.audit(&entry).await {
+            tracing::warn!(error = %e, action, "audit entry not written");
         }
     }
 
@@ -75,5 +292,293 @@ impl Guard {
             addr,
             ip: ClientIp::new(addr, edge.ipv6_prefix),
         }
+    }
+
+    /// The shield: admits the request or refuses it in-process.
+    pub fn shield(&self, client: &Client) -> Result<(), ApiError> {
+        let limits = self.limits.load();
+        let Some(shield) = &limits.shield else {
+            return Ok(());
+        };
+        shield.admit(client.ip.addr()).map_err(|state| {
+            metrics::counter!("stampede_shield_refusals_total").increment(1);
+            ApiError::LimitExceeded {
+                limit: "shield".into(),
+                retry_after: Some(state.reset_secs),
+                rate: Some(Box::new(state)),
+            }
+        })
+    }
+
+    /// Forgets idle shield buckets (called periodically).
+    pub fn tidy(&self) {
+        if let Some(s) = &self.limits.load().shield {
+            s.forget_idle();
+        }
+    }
+
+    fn blocked(&self, client: &Client, who: &Who<'_>) -> Option<ApiError> {
+        let limits = self.limits.load();
+        let block = &limits.set.block;
+        let listed = block.has_ip(client.addr)
+            || who.phone.is_some_and(|(p, _)| block.has_phone(p.as_e164()))
+            || who
+                .device
+                .is_some_and(|(d, _)| block.has_device(d.as_str()));
+        if listed {
+            metrics::counter!("stampede_blocked_total", "reason" => "block_list").increment(1);
+            return Some(ApiError::Blocked {
+                reason: BlockReason::BlockList,
+                retry_after: None,
+            });
+        }
+        let now = self.clock.now_ms();
+        let until = [
+            Some((BanKind::Ip, who.ip)),
+            who.phone.map(|(_, p)| (BanKind::Phone, p)),
+            who.device.map(|(_, d)| (BanKind::Device, d)),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|(kind, p)| self.bans.active(kind, p, now))
+        .max()?;
+        metrics::counter!("stampede_blocked_total", "reason" => "ban").increment(1);
+        Some(ApiError::Blocked {
+            reason: BlockReason::Ban,
+            retry_after: Some(ceil_secs((until - now).max(1) as u64)),
+        })
+    }
+
+    fn allowed(&self, client: &Client, who: &Who<'_>) -> bool {
+        let limits = self.limits.load();
+        let allow = &limits.set.allow;
+        !allow.is_empty()
+            && (allow.has_ip(client.addr)
+                || who.phone.is_some_and(|(p, _)| allow.has_phone(p.as_e164()))
+                || who
+                    .device
+                    .is_some_and(|(d, _)| allow.has_device(d.as_str())))
+    }
+
+    /// Block list, bans, allow list, then the rules of `endpoint`: admits the
+    /// request (with its RateLimit state) or refuses it.
+    pub async fn check(
+        &self,
+        endpoint: Endpoint,
+        client: &Client,
+        who: Who<'_>,
+    ) -> Result<Verdict, ApiError> {
+        if let Some(refusal) = self.blocked(client, &who) {
+            return Err(refusal);
+        }
+        let limits = self.limits.load_full();
+        if limits.set.rules.is_empty() || self.allowed(client, &who) {
+            return Ok(Verdict::default());
+        }
+        let subject = Subject {
+            campaign: who.campaign.map(str::to_owned),
+            ip: Some(who.ip.clone()),
+            phone: who.phone.map(|(_, p)| p.clone()),
+            device: who.device.map(|(_, d)| d.clone()),
+            user: who.user.map(|u| self.ids.user(u)),
+        };
+        let planned = plan(&limits.set, endpoint, &subject);
+        if planned.is_empty() {
+            return Ok(Verdict::default());
+        }
+        let now = self.clock.now_ms();
+        let mut decision = Decision::default();
+        let mut bans: Vec<(String, BanRecord)> = Vec::new();
+        for group in by_slot(&planned, self.store.is_cluster()) {
+            let calls: Vec<RuleCall> = group.iter().map(|p| p.call.clone()).collect();
+            let results = self.store.check_rules(now, &calls).await?;
+            for (p, r) in group.iter().zip(&results) {
+                let label = match r.status {
+                    RuleStatus::Ok => "allowed",
+                    RuleStatus::Over => "limited",
+                    RuleStatus::Shadow => "shadow_limited",
+                };
+                metrics::counter!("stampede_rule_decisions_total", "rule" => p.rule.name.clone(), "decision" => label)
+                    .increment(1);
+                decision.add(p.rule, r);
+                if r.ban_ms > 0 {
+                    for kind in p.rule.ban_kinds() {
+                        let who = match kind {
+                            BanKind::Ip => subject.ip.as_ref(),
+                            BanKind::Phone => subject.phone.as_ref(),
+                            BanKind::Device => subject.device.as_ref(),
+                        };
+                        if let Some(who) = who {
+                            bans.push((
+                                subject_field(kind, who),
+                                BanRecord {
+                                    until_ms: now + r.ban_ms as i64,
+                                    started_ms: now,
+                                    source: format!("rule:{}", p.rule.name),
+                                    by: p.rule.name.clone(),
+                                    reason: format!("over the rule {} too often", p.rule.name),
+                                    level: r.level,
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if !bans.is_empty() {
+            self.start_bans(&bans).await;
+        }
+        if let Some(state) = decision.refusal() {
+            return Err(ApiError::LimitExceeded {
+                limit: state.policy.clone().into(),
+                retry_after: Some(state.reset_secs.max(1)),
+                rate: Some(Box::new(state.clone())),
+            });
+        }
+        Ok(Verdict {
+            rate: decision.tightest,
+            settle: planned
+                .into_iter()
+                .filter(|p| p.rule.distinct.is_none() && p.rule.count != Count::Requests)
+                .map(|p| (p.rule.count, p.call))
+                .collect(),
+        })
+    }
+
+    /// Charges the `successes` or `failures` rules of an admitted request.
+    pub async fn settle(&self, verdict: Verdict, outcome: Outcome) {
+        let want = match outcome {
+            Outcome::Success => Count::Successes,
+            Outcome::Failure => Count::Failures,
+            Outcome::Neither => return,
+        };
+        let calls: Vec<RuleCall> = verdict
+            .settle
+            .into_iter()
+            .filter(|(c, _)| *c == want)
+            .map(|(_, call)| call)
+            .collect();
+        if calls.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let groups: Vec<Vec<RuleCall>> = if self.store.is_cluster() {
+            let mut m: std::collections::BTreeMap<String, Vec<RuleCall>> = Default::default();
+            for c in calls {
+                m.entry(crate::store::keys::rule_tag(&c.hash).to_owned())
+                    .or_default()
+                    .push(c);
+            }
+            m.into_values().collect()
+        } else {
+            vec![calls]
+        };
+        for g in groups {
+            if let Err(e) = self.store.settle_rules(now, &g).await {
+                tracing::warn!(error = %e, "a successes/failures rule was not charged");
+            }
+        }
+    }
+
+    async fn start_bans(&self, bans: &[(String, BanRecord)]) {
+        match self.store.set_bans(bans).await {
+            Ok(_) => {
+                self.bans.apply(bans, &[]);
+                for (field, rec) in bans {
+                    let kind = field.split(':').next().unwrap_or("");
+                    metrics::counter!("stampede_bans_started_total", "source" => rec.source.clone(), "kind" => kind.to_owned())
+                        .increment(1);
+                    tracing::warn!(kind, by = %rec.by, level = rec.level, secs = (rec.until_ms - rec.started_ms) / 1000, "ban started");
+                    self.audit(
+                        &rec.source,
+                        "ban.start",
+                        field,
+                        &rec.reason,
+                        &format!("until_ms={} level={}", rec.until_ms, rec.level),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a ban could not be stored"),
+        }
+    }
+
+    /// An admin's ban on `who` for `duration_ms`.
+    pub async fn ban(
+        &self,
+        kind: BanKind,
+        who: &Pseudonym,
+        duration_ms: u64,
+        reason: &str,
+        by: &str,
+    ) -> Result<(String, BanRecord), ApiError> {
+        let now = self.clock.now_ms();
+        let field = subject_field(kind, who);
+        let rec = BanRecord {
+            until_ms: now.saturating_add(duration_ms as i64),
+            started_ms: now,
+            source: "admin".into(),
+            by: by.into(),
+            reason: reason.into(),
+            level: 0,
+        };
+        let entry = [(field.clone(), rec.clone())];
+        self.store.set_bans(&entry).await?;
+        self.bans.apply(&entry, &[]);
+        metrics::counter!("stampede_bans_started_total", "source" => "admin", "kind" => kind.as_str())
+            .increment(1);
+        self.audit(
+            by,
+            "ban.start",
+            &field,
+            reason,
+            &format!("until_ms={}", rec.until_ms),
+        )
+        .await;
+        Ok((field, rec))
+    }
+
+    /// Lifts a ban; false when there was none.
+    pub async fn unban(&self, kind: BanKind, who: &Pseudonym, by: &str) -> Result<bool, ApiError> {
+        let field = subject_field(kind, who);
+        let (_, removed) = self.store.del_bans(std::slice::from_ref(&field)).await?;
+        self.bans.apply(&[], std::slice::from_ref(&field));
+        if removed > 0 {
+            self.audit(by, "ban.lift", &field, "", "").await;
+        }
+        Ok(removed > 0)
+    }
+
+    /// Reloads the bans from Redis when their version moved (every replica
+    /// calls this about once a second).
+    pub async fn refresh_bans(&self) -> Result<(), crate::store::StoreError> {
+        let v = self.store.bans_version().await?;
+        if v != self.bans.version() {
+            let (version, all) = self.store.all_bans().await?;
+            self.bans.replace(version, all);
+        }
+        Ok(())
+    }
+
+    pub fn pseudonyms(&self) -> &Pseudonymizer {
+        &self.ids
+    }
+}
+
+fn subject_field(kind: BanKind, who: &Pseudonym) -> String {
+    subject(kind, who)
+}
+
+/// How `successes`/`failures` rules read a use case's result: an answer the
+/// client earned by its request (a refusal of the use case) is a failure;
+/// one the service caused (store down, 5xx) or the edge gave is neither.
+pub fn outcome_of<T>(result: &Result<T, ApiError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(e) => match e.parts().0 {
+            404 | 409 | 422 => Outcome::Failure,
+            429 if matches!(e, ApiError::LimitExceeded { rate: None, .. }) => Outcome::Failure,
+            _ => Outcome::Neither,
+        },
     }
 }

@@ -3,11 +3,16 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
-use crate::guard::Client;
+use actix_web::ResponseError;
+
+use crate::domain::identity::{Phone, Pseudonym};
+use crate::domain::limits::Endpoint;
+use crate::guard::{Client, Guard, Outcome, Verdict, Who, outcome_of};
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::body::read_json;
 use crate::http::problem::Problem;
+use crate::http::problem::insert_rate_headers;
 use crate::http::wire::{
     ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
     ValidateRequest, ValidateResponse,
@@ -44,9 +49,65 @@ pub async fn claim(
     let (body, _): (ClaimRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(&id, services.settings.region)?;
-    let who = services.claims.claimant(&cmd, &client.ip);
-    let res = ClaimResponse::from(services.claims.claim(&cmd, &who, &caller.ctx).await?);
-    Ok(HttpResponse::Created().json(res))
+    let claimant = services.claims.claimant(&cmd, &client.ip);
+    let who = Who {
+        campaign: Some(cmd.campaign.as_str()),
+        ip: &claimant.ip,
+        phone: Some((&cmd.phone, &claimant.phone)),
+        device: Some((&cmd.device, &claimant.device)),
+        user: cmd.user_id.as_deref(),
+    };
+    let verdict = services.guard.check(Endpoint::Claim, &client, who).await?;
+    let result = services.claims.claim(&cmd, &claimant, &caller.ctx).await;
+    let outcome = outcome_of(&result);
+    finish(
+        &services.guard,
+        verdict,
+        outcome,
+        result.map(|i| HttpResponse::Created().json(ClaimResponse::from(i))),
+    )
+    .await
+}
+
+/// Settles the outcome rules and sends the RateLimit headers of the
+/// tightest rule with whatever the use case answered.
+async fn finish(
+    guard: &Guard,
+    mut verdict: Verdict,
+    outcome: Outcome,
+    result: Result<HttpResponse, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let rate = verdict.rate.take();
+    guard.settle(verdict, outcome).await;
+    let mut res = match result {
+        Ok(r) => r,
+        Err(e) => e.error_response(),
+    };
+    if let Some(rate) = rate {
+        insert_rate_headers(res.headers_mut(), &rate);
+    }
+    Ok(res)
+}
+
+/// The identities of a redemption-side request (code, optional phone).
+fn code_caller<'a>(
+    guard: &Guard,
+    client: &Client,
+    campaign: Option<&'a str>,
+    phone: Option<&'a Phone>,
+    ip: &'a mut Option<Pseudonym>,
+    phone_p: &'a mut Option<Pseudonym>,
+) -> Who<'a> {
+    let ids = guard.pseudonyms();
+    let ip = ip.insert(ids.ip(&client.ip));
+    let phone = phone.map(|p| (p, &*phone_p.insert(ids.phone(p))));
+    Who {
+        campaign,
+        ip,
+        phone,
+        device: None,
+        user: None,
+    }
 }
 
 /// Redeem a code for an order, exactly once. The same (code, order_id) again
@@ -70,12 +131,31 @@ pub async fn redeem(
     req: HttpRequest,
     payload: web::Payload,
     caller: Caller,
-) -> Result<web::Json<RedeemResponse>, ApiError> {
+    client: Client,
+) -> Result<HttpResponse, ApiError> {
     let (body, _): (RedeemRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
-    let done = services.redemptions.redeem(&cmd, &caller.ctx).await?;
-    Ok(web::Json(done.into()))
+    let campaign = services.redemptions.campaign_of(&cmd.code).await.ok();
+    let (mut ip, mut phone) = (None, None);
+    let who = code_caller(
+        &services.guard,
+        &client,
+        campaign.as_ref().map(|c| c.id.as_str()),
+        cmd.phone.as_ref(),
+        &mut ip,
+        &mut phone,
+    );
+    let verdict = services.guard.check(Endpoint::Redeem, &client, who).await?;
+    let result = services.redemptions.redeem(&cmd, &caller.ctx).await;
+    let outcome = outcome_of(&result);
+    finish(
+        &services.guard,
+        verdict,
+        outcome,
+        result.map(|r| HttpResponse::Ok().json(RedeemResponse::from(r))),
+    )
+    .await
 }
 
 /// Undo a redemption (order cancelled or refunded): the code is usable again.
@@ -97,12 +177,31 @@ pub async fn rollback(
     req: HttpRequest,
     payload: web::Payload,
     _caller: Caller,
-) -> Result<web::Json<RollbackResponse>, ApiError> {
+    client: Client,
+) -> Result<HttpResponse, ApiError> {
     let (body, _): (RollbackRequest, _) = read_json(&req, payload, &state.body_limits).await?;
+    let services = &state.services;
     let cmd = body.parse()?;
-    Ok(web::Json(
-        state.services.redemptions.rollback(&cmd).await?.into(),
-    ))
+    let campaign = services.redemptions.campaign_of(&cmd.code).await.ok();
+    let (mut ip, mut phone) = (None, None);
+    let who = code_caller(
+        &services.guard,
+        &client,
+        campaign.as_ref().map(|c| c.id.as_str()),
+        None,
+        &mut ip,
+        &mut phone,
+    );
+    let verdict = services.guard.check(Endpoint::Any, &client, who).await?;
+    let result = services.redemptions.rollback(&cmd).await;
+    let outcome = outcome_of(&result);
+    finish(
+        &services.guard,
+        verdict,
+        outcome,
+        result.map(|r| HttpResponse::Ok().json(RollbackResponse::from(r))),
+    )
+    .await
 }
 
 /// Would this code redeem for this order now? Charges nothing.
@@ -122,9 +221,36 @@ pub async fn validate(
     req: HttpRequest,
     payload: web::Payload,
     _caller: Caller,
-) -> Result<web::Json<ValidateResponse>, ApiError> {
+    client: Client,
+) -> Result<HttpResponse, ApiError> {
     let (body, _): (ValidateRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
-    Ok(web::Json(services.redemptions.validate(&cmd).await?.into()))
+    let campaign = services.redemptions.campaign_of(&cmd.code).await.ok();
+    let (mut ip, mut phone) = (None, None);
+    let who = code_caller(
+        &services.guard,
+        &client,
+        campaign.as_ref().map(|c| c.id.as_str()),
+        cmd.phone.as_ref(),
+        &mut ip,
+        &mut phone,
+    );
+    let verdict = services
+        .guard
+        .check(Endpoint::Validate, &client, who)
+        .await?;
+    let result = services.redemptions.validate(&cmd).await;
+    // A code that is not valid is a failed guess, though the answer is 200.
+    let outcome = match &result {
+        Ok(v) if matches!(v.code, Some("invalid_code" | "already_redeemed")) => Outcome::Failure,
+        r => outcome_of(r),
+    };
+    finish(
+        &services.guard,
+        verdict,
+        outcome,
+        result.map(|v| HttpResponse::Ok().json(ValidateResponse::from(v))),
+    )
+    .await
 }

@@ -1,5 +1,6 @@
 //! The edge every request passes: a request id (in the log span and the
-//! `X-Request-Id` response header), the header-size limit, panic containment
+//! `X-Request-Id` response header), the client address and the flood shield
+//! (`guard`), the header-size limit, panic containment
 //! (a panic becomes a 500 problem, never a dropped connection), metrics per
 //! route and status, and one log line per request. Paths carry campaign ids,
 //! never identities; the peer address is not logged.
@@ -50,16 +51,17 @@ pub async fn edge(
     req.extensions_mut().insert(RequestId(id.clone()));
     // The client address, resolved once for every route (trusted proxies,
     // IPv6 prefix); handlers and the guard read it from the extensions.
+    // Then the shield, before anything else costs work: no Redis.
+    let mut shielded = None;
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         let forwarded: Vec<&str> = req
             .headers()
             .get_all("x-forwarded-for")
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let client = state
-            .services
-            .guard
-            .client(req.peer_addr().map(|a| a.ip()), &forwarded);
+        let guard = &state.services.guard;
+        let client = guard.client(req.peer_addr().map(|a| a.ip()), &forwarded);
+        shielded = guard.shield(&client).err();
         req.extensions_mut().insert(client);
     }
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
@@ -77,7 +79,9 @@ pub async fn edge(
     // The request is not cloned before routing: actix routes only requests it
     // holds alone. Errors and panics are returned as errors, which actix
     // renders through `ApiError::error_response` (problem+json).
-    let mut result = if header_bytes > max_header_bytes {
+    let mut result = if let Some(refusal) = shielded {
+        Ok(req.into_response(refusal.error_response()))
+    } else if header_bytes > max_header_bytes {
         Ok(req.into_response(ApiError::HeadersTooLarge(max_header_bytes).error_response()))
     } else {
         match std::panic::AssertUnwindSafe(next.call(req).instrument(span.clone()))

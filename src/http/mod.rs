@@ -3,6 +3,7 @@
 //! service's commands, see [`wire`]), call the guard and one use case, and
 //! render the answer; they hold no logic.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod campaigns;
@@ -40,6 +41,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/v1/redemptions").route(web::post().to(coupons::redeem)))
         .service(web::resource("/v1/redemptions/rollback").route(web::post().to(coupons::rollback)))
         .service(web::resource("/v1/codes/validate").route(web::post().to(coupons::validate)))
+        .service(web::resource("/v1/admin/limits").route(web::get().to(admin::limits)))
+        .service(
+            web::resource("/v1/admin/bans")
+                .route(web::get().to(admin::bans))
+                .route(web::post().to(admin::ban)),
+        )
+        .service(
+            web::resource("/v1/admin/bans/{kind}/{value}").route(web::delete().to(admin::unban)),
+        )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))

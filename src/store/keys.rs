@@ -13,6 +13,14 @@
 //! | `st:{c}:idem:<digest>` | string | idempotency record, with a TTL |
 //! | `st:campaign-seq` | string | last campaign number handed out |
 //! | `st:campaign-no:<n>` | string | campaign id of number `n` (codes carry the number) |
+//! | `st:{r:<k>}:<rule>` | hash | a rate rule's buckets, violations and ban level for one rule key |
+//! | `st:{r:<k>}:<rule>:d` | zset | a `distinct` rule's members -> last seen |
+//! | `st:{bans}` | hash | `<kind>:<pseudonym>` -> ban record (JSON); `~v` -> version |
+//! | `st:{audit}` | stream | reloads, bans, unbans: who, why, when |
+//!
+//! `<k>` is a digest of a rule key's values (the pseudonyms of its
+//! identities, the campaign id): every rule keyed on the same values shares
+//! the hash tag, so the rules of one request take one script call per slot.
 //!
 //! No key or value holds a phone, device id or IP in clear: only the
 //! HMAC pseudonyms of [`crate::domain::identity`].
@@ -66,6 +74,29 @@ impl CampaignKeys {
     }
 }
 
+/// The keys of one rule for one rule-key value (`tag` is the digest of the
+/// values): the counter hash and the distinct set, one slot.
+pub fn rule(tag: &str, rule: &str) -> (String, String) {
+    let hash = format!("st:{{r:{tag}}}:{rule}");
+    let zset = format!("{hash}:d");
+    (hash, zset)
+}
+
+/// The hash tag of a rule key (for grouping the calls of a request by slot).
+pub fn rule_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|o| key[o..].find('}').map(|c| &key[o + 1..o + c]))
+        .unwrap_or(key)
+}
+
+pub fn bans() -> &'static str {
+    "st:{bans}"
+}
+
+pub fn audit() -> &'static str {
+    "st:{audit}"
+}
+
 pub fn campaign_seq() -> &'static str {
     "st:campaign-seq"
 }
@@ -100,5 +131,13 @@ mod tests {
         ] {
             assert_eq!(hash_tag(&key), "double11-20off", "{key}");
         }
+    }
+
+    #[test]
+    fn both_keys_of_a_rule_share_the_rule_key_tag() {
+        let (h, z) = rule("0123abcd", "ip-burst");
+        assert_eq!(hash_tag(&h), "r:0123abcd");
+        assert_eq!(hash_tag(&z), "r:0123abcd");
+        assert_eq!(rule_tag(&h), "r:0123abcd");
     }
 }

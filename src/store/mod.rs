@@ -7,7 +7,8 @@
 //!   on `NOSCRIPT` (a restarted or failed-over Redis has an empty script cache).
 //! - [`redis`] is the connection with a deadline on every call, and the error
 //!   classes; [`campaigns`] owns the campaign record's schema; [`coupons`] the
-//!   claim / redeem / rollback scripts and their typed outcomes.
+//!   claim / redeem / rollback scripts and their typed outcomes; [`rules`] the
+//!   rate-rule counters, bans and the audit stream.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
 
 pub mod campaigns;
@@ -15,6 +16,7 @@ pub mod coupons;
 pub mod keys;
 pub mod managed;
 pub mod redis;
+pub mod rules;
 pub mod scripts;
 
 pub use self::campaigns::{CreateIdem, CreateOutcome, StoredCampaign};

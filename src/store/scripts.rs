@@ -18,8 +18,18 @@ script!(REDEEM, "redeem.lua");
 script!(ROLLBACK, "rollback.lua");
 script!(INSPECT_CODE, "inspect_code.lua");
 script!(CREATE_CAMPAIGN, "create_campaign.lua");
+script!(RULES, "rules.lua");
+script!(BAN, "ban.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 5] {
-    [&CLAIM, &REDEEM, &ROLLBACK, &INSPECT_CODE, &CREATE_CAMPAIGN]
+pub fn all() -> [&'static Script; 7] {
+    [
+        &CLAIM,
+        &REDEEM,
+        &ROLLBACK,
+        &INSPECT_CODE,
+        &CREATE_CAMPAIGN,
+        &RULES,
+        &BAN,
+    ]
 }

@@ -10,6 +10,7 @@
 
 pub mod campaigns;
 pub mod coupons;
+pub mod limits;
 pub mod schemas;
 
 pub use campaigns::{CampaignView, CouponRequest, CreateCampaignRequest};

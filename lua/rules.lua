@@ -1,0 +1,202 @@
+--[[ rules.lua: check (and charge) the rate rules of one request that live in
+one hash slot, or settle the outcome-counted rules after the request.
+
+Algorithm: a BUCKETED SLIDING WINDOW. A rule's window w is cut into 10
+buckets of s = w/10 (at least 1 ms); bucket i holds what happened in
+[i*s, (i+1)*s). A request at `now` counts every bucket from
+floor((now - w) / s) to floor(now / s): an interval that contains the whole
+window (now - w, now] plus at most one bucket (s) before it. So the count is
+never below the exact sliding count: a rule NEVER admits more than `limit` in
+any window of length w, and it may refuse for at most w/10 longer than an
+exact sliding log would. Memory: at most 11 small fields per key.
+`distinct` rules are exact: a sorted set of member -> last seen (ms); the
+members seen in (now - w, now] are counted, and only `limit` of them can ever
+be admitted, so the set holds at most `limit` live members.
+
+Time is the service's injected clock (ARGV[2]), never Redis TIME; key TTLs
+only bound memory.
+
+KEYS (2 per rule, all under one hash tag: this call's slot)
+  2i-1  hash   'b<bucket>' -> count, 'v<bucket>' -> violations,
+               'lvl' -> bans started in a row, 'lvl_end' -> when the last ban ends (ms)
+  2i    zset   distinct member -> last seen ms (only `distinct` rules use it)
+ARGV
+  1  mode      'check' | 'settle'
+  2  now_ms
+  3  n         rules in this call
+  then 10 per rule, starting at 4 + (i-1)*10:
+    +0 kind    'r' requests (checked and charged now), 'o' successes/failures
+               (check now, charged by 'settle'), 'd' distinct
+    +1 limit   +2 window_ms   +3 enforce ('1' enforce, '0' shadow)
+    +4 member  the distinct value's pseudonym ('' unless kind 'd')
+    +5 ban_after (0: no ban)  +6 ban_ms  +7 ban_factor  +8 ban_max_ms
+    +9 decay_ms  how long after a ban ends the next one still escalates
+RETURNS (check) 5 strings per rule, in order:
+  status 'ok' | 'over' (enforced, refused) | 'shadow' (would have refused),
+  remaining after this request, reset_ms (time until the window has room,
+  or until its oldest counted request leaves), ban_ms (0, or the ban this
+  request started), level (that ban's place in the escalation)
+RETURNS (settle) {'ok'}: one unit charged to each rule (kind 'o' only).
+
+A request refused by any enforced rule charges nothing to any rule of this
+call; it adds one violation to each rule it was over, and a rule whose
+violations reach ban_after starts a ban (its length escalates: ban_ms *
+factor^(level-1), capped by ban_max_ms) and forgets its violations.
+
+ATOMICITY: every key is read (TYPE checks, HGETALL, ZCOUNT, ZSCORE) before the
+first write, so a wrong-type key fails the call before anything changed. The
+writes that follow (HDEL of stale buckets, HINCRBY, HSET, ZADD,
+ZREMRANGEBYSCORE, PEXPIRE) touch only keys of the checked types and counters
+this script wrote itself, so none of them can fail.
+]]
+
+local mode = ARGV[1]
+local now = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+if not now or not n or #KEYS ~= 2 * n or #ARGV ~= 3 + 10 * n then
+  return redis.error_reply('ERR rules.lua: bad arguments')
+end
+
+for i = 1, 2 * n do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  local want = (i % 2 == 1) and 'hash' or 'zset'
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE rules.lua: ' .. KEYS[i] .. ' holds a ' .. t)
+  end
+end
+
+local rules = {}
+for i = 1, n do
+  local a = 4 + (i - 1) * 10
+  local r = {
+    hash = KEYS[2 * i - 1], zset = KEYS[2 * i],
+    kind = ARGV[a], limit = tonumber(ARGV[a + 1]), w = tonumber(ARGV[a + 2]),
+    enforce = ARGV[a + 3] == '1', member = ARGV[a + 4],
+    ban_after = tonumber(ARGV[a + 5]), ban_ms = tonumber(ARGV[a + 6]),
+    factor = tonumber(ARGV[a + 7]), ban_max = tonumber(ARGV[a + 8]),
+    decay = tonumber(ARGV[a + 9]),
+  }
+  if not (r.limit and r.w and r.w > 0 and r.ban_after and r.ban_ms and r.factor
+          and r.ban_max and r.decay) then
+    return redis.error_reply('ERR rules.lua: bad arguments for rule ' .. i)
+  end
+  r.s = math.max(1, math.floor(r.w / 10))
+  r.cur = math.floor(now / r.s)
+  r.oldest = math.floor((now - r.w) / r.s)
+  rules[i] = r
+end
+
+local function expire(r, extra_ms)
+  redis.call('PEXPIRE', r.hash, math.max(r.w + r.s, extra_ms or 0) + 1000)
+end
+
+if mode == 'settle' then
+  for _, r in ipairs(rules) do
+    redis.call('HINCRBY', r.hash, 'b' .. r.cur, 1)
+    expire(r, 0)
+  end
+  return {'ok'}
+end
+if mode ~= 'check' then
+  return redis.error_reply('ERR rules.lua: mode is check or settle')
+end
+
+-- 1. Read everything.
+for _, r in ipairs(rules) do
+  local flat = redis.call('HGETALL', r.hash)
+  r.buckets, r.stale = {}, {}
+  r.count, r.viol, r.lvl, r.lvl_end = 0, 0, 0, 0
+  for j = 1, #flat, 2 do
+    local f, v = flat[j], tonumber(flat[j + 1]) or 0
+    local tag, idx = string.sub(f, 1, 1), tonumber(string.sub(f, 2))
+    if f == 'lvl' then r.lvl = v
+    elseif f == 'lvl_end' then r.lvl_end = v
+    elseif idx and idx < r.oldest then r.stale[#r.stale + 1] = f
+    elseif idx and tag == 'b' then
+      r.count = r.count + v
+      r.buckets[#r.buckets + 1] = {idx, v}
+    elseif idx and tag == 'v' then r.viol = r.viol + v
+    end
+  end
+  table.sort(r.buckets, function(x, y) return x[1] < y[1] end)
+  -- Time until `need` counted units have left the window.
+  r.free_after = function(need)
+    local freed = 0
+    for _, b in ipairs(r.buckets) do
+      freed = freed + b[2]
+      if freed >= need then return (b[1] + 1) * r.s + r.w - now end
+    end
+    return r.w
+  end
+  if r.kind == 'd' then
+    local from = '(' .. string.format('%d', now - r.w)
+    r.count = redis.call('ZCOUNT', r.zset, from, '+inf')
+    local seen = tonumber(redis.call('ZSCORE', r.zset, r.member) or '-1')
+    r.present = seen > now - r.w
+    r.over = (not r.present) and r.count >= r.limit
+    local first = redis.call('ZRANGEBYSCORE', r.zset, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    r.reset = first[2] and (tonumber(first[2]) + r.w - now) or r.w
+    r.remaining = r.limit - r.count - ((r.present or r.over) and 0 or 1)
+  elseif r.kind == 'r' then
+    r.over = r.count + 1 > r.limit
+    r.remaining = r.limit - r.count - 1
+    r.reset = r.over and r.free_after(r.count + 1 - r.limit) or r.free_after(1)
+  else
+    r.over = r.count >= r.limit
+    r.remaining = r.limit - r.count
+    r.reset = r.over and r.free_after(r.count + 1 - r.limit) or r.free_after(1)
+  end
+  if r.remaining < 0 then r.remaining = 0 end
+end
+
+local refused = false
+for _, r in ipairs(rules) do
+  if r.over and r.enforce then refused = true end
+end
+
+-- 2. Write.
+local out = {}
+for _, r in ipairs(rules) do
+  if #r.stale > 0 then redis.call('HDEL', r.hash, unpack(r.stale)) end
+  local status, ban_ms, level = 'ok', 0, 0
+  if r.over then status = r.enforce and 'over' or 'shadow' end
+  if refused then
+    if status == 'over' then
+      redis.call('HINCRBY', r.hash, 'v' .. r.cur, 1)
+      if r.ban_after > 0 and r.viol + 1 >= r.ban_after then
+        level = r.lvl
+        if r.lvl_end + r.decay < now then level = 0 end
+        level = level + 1
+        ban_ms = r.ban_ms
+        for _ = 2, level do
+          ban_ms = ban_ms * r.factor
+          if r.ban_max > 0 and ban_ms >= r.ban_max then break end
+        end
+        if r.ban_max > 0 and ban_ms > r.ban_max then ban_ms = r.ban_max end
+        local forget = {}
+        local flat = redis.call('HKEYS', r.hash)
+        for _, f in ipairs(flat) do
+          if string.sub(f, 1, 1) == 'v' then forget[#forget + 1] = f end
+        end
+        if #forget > 0 then redis.call('HDEL', r.hash, unpack(forget)) end
+        redis.call('HSET', r.hash, 'lvl', level, 'lvl_end', string.format('%d', now + ban_ms))
+      end
+    end
+  elseif not r.over then
+    if r.kind == 'r' then
+      redis.call('HINCRBY', r.hash, 'b' .. r.cur, 1)
+    elseif r.kind == 'd' then
+      redis.call('ZREMRANGEBYSCORE', r.zset, '-inf', string.format('%d', now - r.w))
+      redis.call('ZADD', r.zset, now, r.member)
+      redis.call('PEXPIRE', r.zset, r.w + 1000)
+    end
+  end
+  local lvl_end = math.max(r.lvl_end, now + ban_ms)
+  expire(r, lvl_end + r.decay - now)
+  out[#out + 1] = status
+  out[#out + 1] = string.format('%d', r.remaining)
+  out[#out + 1] = string.format('%d', math.max(0, r.reset))
+  out[#out + 1] = string.format('%d', ban_ms)
+  out[#out + 1] = tostring(level)
+end
+return out
