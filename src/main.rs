@@ -28,25 +28,15 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Serve,
-    /// Validate a config file without starting anything.
+    /// Validate a service config or a rules file (LIMITS.md; recognised by
+    /// its tables) without starting anything.
     CheckConfig { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { file } => {
-            match Settings::load_file(&file).and_then(Settings::validate) {
-                Ok(_) => {
-                    println!("{}: ok", file.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Serve => {
             let settings = match Settings::load(cli.config.as_deref()).and_then(Settings::validate)
             {
@@ -70,6 +60,48 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `check-config FILE`: exit 0, or 2 with `FILE: line N[, column C]: reason`.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    use stampede::domain::limits::{MAX_FILE_BYTES, RuleSet, is_rules_file};
+    let fail = |why: String| {
+        eprintln!("{}: {why}", file.display());
+        ExitCode::from(2)
+    };
+    match std::fs::metadata(file) {
+        Ok(m) if m.len() > MAX_FILE_BYTES as u64 => {
+            return fail("the file is larger than 1 MiB".into());
+        }
+        Ok(_) => {}
+        Err(e) => return fail(format!("cannot read the file: {e}")),
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("cannot read the file: {e}")),
+    };
+    if is_rules_file(&text) {
+        match RuleSet::parse(&text) {
+            Ok(set) => {
+                println!(
+                    "{}: ok (rules file, {} rules, version {})",
+                    file.display(),
+                    set.rules.len(),
+                    set.version
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        }
+    } else {
+        match stampede::settings::check_text(&text) {
+            Ok(_) => {
+                println!("{}: ok (service config)", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
         }
     }
 }

@@ -129,13 +129,82 @@ pub struct Validated {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Load(#[from] Box<figment::Error>),
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
         message: String,
     },
+}
+
+/// figment's errors, one line each, as `key: reason (source)`: without the
+/// profile prefix (`default.`) its own Display puts on every key.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (from {src})"),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("{key}: {}{from}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line that sets top-level `key`, if any.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+    .map(|i| i + 1)
+}
+
+/// The key set on 1-based `line`, if that line is `key = ...`.
+fn key_on_line(text: &str, line: usize) -> Option<&str> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (k, _) = l.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && !k.starts_with('[')).then_some(k)
+}
+
+/// Checks a service config file's text as `check-config` does: the first
+/// problem as `line N: key: reason`.
+pub fn check_text(text: &str) -> Result<Validated, String> {
+    let settings: Settings = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let message = e.message().trim().replace('\n', " ");
+        match (line, line.and_then(|l| key_on_line(text, l))) {
+            (Some(l), Some(k)) if !message.contains(k) => format!("line {l}: {k}: {message}"),
+            (Some(l), _) => format!("line {l}: {message}"),
+            (None, _) => message,
+        }
+    })?;
+    settings.validate().map_err(|e| match &e {
+        SettingsError::Invalid { field, message } => match line_of_key(text, field) {
+            Some(l) => format!("line {l}: {field}: {message}"),
+            None => format!("{field}: {message}"),
+        },
+        SettingsError::Load(_) => e.to_string(),
+    })
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> SettingsError {
@@ -153,14 +222,6 @@ impl Settings {
             fig = fig.merge(Toml::file_exact(f));
         }
         fig.merge(Env::prefixed("STAMPEDE_").ignore(&["config"]))
-            .extract()
-            .map_err(|e| SettingsError::Load(Box::new(e)))
-    }
-
-    /// Only the file (and defaults): what `check-config` validates.
-    pub fn load_file(file: &Path) -> Result<Self, SettingsError> {
-        Figment::from(Serialized::defaults(Settings::default()))
-            .merge(Toml::file_exact(file))
             .extract()
             .map_err(|e| SettingsError::Load(Box::new(e)))
     }

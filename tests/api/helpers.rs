@@ -310,3 +310,74 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> 
     assert!(v["title"].is_string() && v["detail"].is_string());
     v
 }
+
+/// A rules file (LIMITS.md) in its own temp dir, for `limits_file`.
+pub struct RulesFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl RulesFile {
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("limits.toml");
+        std::fs::write(&path, text).expect("rules file written");
+        Self { dir, path }
+    }
+
+    /// Replaces the file the way an editor does: a new file renamed over it.
+    pub fn write(&self, text: &str) {
+        let tmp = self.dir.path().join(".limits.toml.swp");
+        std::fs::write(&tmp, text).expect("rules file written");
+        std::fs::rename(&tmp, &self.path).expect("rules file replaced");
+    }
+}
+
+/// The service with a rules file, against a fresh private Redis.
+pub async fn spawn_app_with_rules(
+    rules: &str,
+    tweak: impl FnOnce(&mut Settings),
+) -> (TestApp, RulesFile) {
+    let file = RulesFile::new(rules);
+    let path = file.path.clone();
+    let app = spawn_app_with(|s| {
+        s.limits_file = Some(path);
+        tweak(s);
+    })
+    .await;
+    (app, file)
+}
+
+impl TestApp {
+    /// A claim sent as if through a proxy, from `forwarded_for`.
+    pub async fn claim_from(
+        &self,
+        campaign: &str,
+        phone: &str,
+        device: &str,
+        forwarded_for: &str,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/campaigns/{campaign}/claims")))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&json!({"phone": phone, "device_id": device}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.expect("metrics")
+    }
+}
+
+/// The value of a counter line `name{labels}` in Prometheus text (0 if absent).
+pub fn counter(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

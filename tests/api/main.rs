@@ -10,5 +10,6 @@ mod faults;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod limits;
 mod problems;
 mod redemptions;
