@@ -100,11 +100,24 @@ impl Phone {
 
     /// Any number, any spelling, through libphonenumber's rules.
     fn parse_general(raw: &str, region: phonenumber::country::Id) -> Result<Self, PhoneError> {
-        let n = phonenumber::parse(Some(region), raw).map_err(|_| PhoneError::Unparsable)?;
+        // An international spelling carries its own country: the default
+        // region is not passed (with one, the crate fails to read some valid
+        // numbers, e.g. `+81112000000` with CN).
+        let region = (!raw.trim_start().starts_with('+')).then_some(region);
+        let n = phonenumber::parse(region, raw).map_err(|_| PhoneError::Unparsable)?;
         if !phonenumber::is_valid(&n) {
             return Err(PhoneError::Invalid);
         }
-        Ok(Self(n.format().mode(phonenumber::Mode::E164).to_string()))
+        let e164 = n.format().mode(phonenumber::Mode::E164).to_string();
+        // The crate accepts a few spellings whose E.164 form it then refuses
+        // (e.g. `+810112000000`, a Japanese number written with its trunk
+        // 0): such a number would be one person under one spelling and
+        // nobody under another, so it is refused whole. Normalization stays
+        // idempotent, and a ban or quota on a number covers every spelling.
+        match phonenumber::parse(None, &e164) {
+            Ok(again) if phonenumber::is_valid(&again) => Ok(Self(e164)),
+            _ => Err(PhoneError::Invalid),
+        }
     }
 
     pub fn as_e164(&self) -> &str {

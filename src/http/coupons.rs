@@ -28,12 +28,13 @@ use crate::http::wire::{
     ),
     request_body = ClaimRequest,
     responses(
-        (status = 201, description = "Issued", body = ClaimResponse),
+        (status = 201, description = "Issued", body = ClaimResponse, headers(("RateLimit-Policy" = String, description = "the tightest rate rule that applied"), ("RateLimit" = String, description = "its remaining quota and reset"))),
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "campaign_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "sold_out / campaign_not_active", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request / idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "limit_exceeded (per_phone / per_device / per_ip)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "limit_exceeded: a campaign quota (per_phone / per_device / per_ip), a rate rule, or the shield; `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -122,6 +123,8 @@ fn code_caller<'a>(
         (status = 404, description = "invalid_code", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "already_redeemed / code_expired", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request / not_eligible / idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "limit_exceeded: a rate rule of the rules file (or the shield); `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -168,6 +171,8 @@ pub async fn redeem(
         (status = 404, description = "invalid_code", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "already_redeemed: redeemed by another order", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "limit_exceeded: a rate rule of the rules file (or the shield); `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -212,6 +217,8 @@ pub async fn rollback(
         (status = 200, description = "valid, or why not", body = ValidateResponse),
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "limit_exceeded: a rate rule of the rules file (or the shield); `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -50,7 +50,11 @@ window = "1m"
     assert!(t > 0 && t <= 66 && retry >= t, "retry {retry}, t {t}");
     let body = assert_problem(res, 429, "limit_exceeded").await;
     assert_eq!(body["limit"], "ip-burst");
-    assert_eq!(app.campaign(&c).await["issued"], 3, "a refused claim charges nothing");
+    assert_eq!(
+        app.campaign(&c).await["issued"],
+        3,
+        "a refused claim charges nothing"
+    );
     // Another endpoint is not under this claim rule.
     let v = app
         .post("/v1/codes/validate", &json!({"code": "0".repeat(18)}))
@@ -116,7 +120,9 @@ window = "1h"
         .claim_from(&c, &phone(2), "d2", "2001:db8:1:2:ffff::9")
         .await;
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
-    let same64 = app.claim_from(&c, &phone(3), "d3", "2001:db8:1:2::77").await;
+    let same64 = app
+        .claim_from(&c, &phone(3), "d3", "2001:db8:1:2::77")
+        .await;
     assert_problem(same64, 429, "limit_exceeded").await;
     let other64 = app.claim_from(&c, &phone(4), "d4", "2001:db8:1:3::1").await;
     assert_eq!(other64.status(), 201);
@@ -162,7 +168,10 @@ window = "24h"
         assert_eq!(app.claim(&c, &phone(i), "farm-1").await.status(), 201);
     }
     let fourth = app.claim(&c, &phone(3), "farm-1").await;
-    assert_eq!(assert_problem(fourth, 429, "limit_exceeded").await["limit"], "device-farm");
+    assert_eq!(
+        assert_problem(fourth, 429, "limit_exceeded").await["limit"],
+        "device-farm"
+    );
     // A phone already counted is not a new one; another device has its own count.
     assert_eq!(app.claim(&c, &phone(1), "farm-1").await.status(), 201);
     assert_eq!(app.claim(&c, &phone(3), "farm-2").await.status(), 201);
@@ -203,11 +212,18 @@ ips = ["192.0.2.10/32"]
     }
     // The allow-listed address is never limited by rules...
     for i in 10..14 {
-        let res = app.claim_from(&c, &phone(i), &format!("a{i}"), "192.0.2.10").await;
+        let res = app
+            .claim_from(&c, &phone(i), &format!("a{i}"), "192.0.2.10")
+            .await;
         assert_eq!(res.status(), 201);
     }
     // ...its neighbour is.
-    assert_eq!(app.claim_from(&c, &phone(20), "n1", "192.0.2.11").await.status(), 201);
+    assert_eq!(
+        app.claim_from(&c, &phone(20), "n1", "192.0.2.11")
+            .await
+            .status(),
+        201
+    );
     let n = app.claim_from(&c, &phone(21), "n2", "192.0.2.11").await;
     assert_problem(n, 429, "limit_exceeded").await;
     assert_eq!(app.campaign(&c).await["issued"], 5);
@@ -225,7 +241,10 @@ async fn shadow_rules_never_block_and_are_counted() {
     for i in 0..4 {
         let res = app.claim(&c, &phone(i), &format!("d{i}")).await;
         assert_eq!(res.status(), 201);
-        assert!(res.headers().get("ratelimit").is_none(), "a shadow rule sets no header");
+        assert!(
+            res.headers().get("ratelimit").is_none(),
+            "a shadow rule sets no header"
+        );
     }
     let m = app.metrics().await;
     let shadow = r#"stampede_rule_decisions_total{rule="shadow-probe",decision="shadow_limited"}"#;
@@ -250,7 +269,10 @@ async fn unauthorized_requests_do_not_count_against_a_rule() {
         .send()
         .await
         .unwrap();
-    let c = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let c = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let claim = |key: Option<&'static str>, i: usize| {
         let mut rb = app
             .client
@@ -264,9 +286,18 @@ async fn unauthorized_requests_do_not_count_against_a_rule() {
     for i in 0..5 {
         assert_eq!(claim(None, i).await.unwrap().status(), 401);
     }
-    assert_eq!(claim(Some("client-secret-1"), 10).await.unwrap().status(), 201);
-    assert_eq!(claim(Some("client-secret-1"), 11).await.unwrap().status(), 201);
-    assert_eq!(claim(Some("client-secret-1"), 12).await.unwrap().status(), 429);
+    assert_eq!(
+        claim(Some("client-secret-1"), 10).await.unwrap().status(),
+        201
+    );
+    assert_eq!(
+        claim(Some("client-secret-1"), 11).await.unwrap().status(),
+        201
+    );
+    assert_eq!(
+        claim(Some("client-secret-1"), 12).await.unwrap().status(),
+        429
+    );
     app.stop().await;
 }
 
@@ -311,7 +342,10 @@ async fn a_valid_edit_applies_within_2s_and_a_broken_one_keeps_the_last_good_rul
     let err = v["last_rejected"]["error"].as_str().unwrap();
     assert!(err.contains("line 4") && err.contains("limit"), "{err}");
     assert_eq!(v["rules"][0]["limit"], 3);
-    assert_eq!(v["version"], wait_version(&one.replace("limit = 1", "limit = 3")));
+    assert_eq!(
+        v["version"],
+        wait_version(&one.replace("limit = 1", "limit = 3"))
+    );
     assert_eq!(app.claim(&c, &phone(6), "d6").await.status(), 429);
     let rejected_after = counter(
         &app.metrics().await,
@@ -328,15 +362,24 @@ async fn a_valid_edit_applies_within_2s_and_a_broken_one_keeps_the_last_good_rul
         .unwrap();
     let actions: Vec<String> = audit
         .iter()
-        .flat_map(|(_, f)| f.iter().filter(|(k, _)| k == "action").map(|(_, v)| v.clone()))
+        .flat_map(|(_, f)| {
+            f.iter()
+                .filter(|(k, _)| k == "action")
+                .map(|(_, v)| v.clone())
+        })
         .collect();
     assert!(actions.contains(&"limits.reload".to_owned()), "{actions:?}");
-    assert!(actions.contains(&"limits.reload_rejected".to_owned()), "{actions:?}");
+    assert!(
+        actions.contains(&"limits.reload_rejected".to_owned()),
+        "{actions:?}"
+    );
     app.stop().await;
 }
 
 fn wait_version(text: &str) -> String {
-    stampede::domain::limits::RuleSet::parse(text).unwrap().version
+    stampede::domain::limits::RuleSet::parse(text)
+        .unwrap()
+        .version
 }
 
 #[tokio::test]
@@ -350,8 +393,7 @@ async fn a_service_refuses_to_start_on_a_bad_rules_file() {
         std::sync::Arc::new(stampede::domain::clock::SystemClock),
     )
     .await
-    .err()
-    .expect("a bad rules file stops the start");
+    .expect_err("a bad rules file stops the start");
     assert!(err.to_string().contains("line 4"), "{err}");
 }
 
@@ -372,21 +414,40 @@ fn check_config_accepts_a_rules_file_and_rejects_each_mistake_with_its_line() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/LIMITS.md"))
-        .ok()
-        .and_then(|md| md.split("```toml").nth(1).map(|s| s.split("```").next().unwrap_or("").to_owned()))
-        .unwrap_or_else(|| "[[rule]]\nname = \"a\"\nkey = [\"ip\"]\nlimit = 1\nwindow = \"1m\"\n".into());
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/LIMITS.md"))
+            .ok()
+            .and_then(|md| {
+                md.split("```toml")
+                    .nth(1)
+                    .map(|s| s.split("```").next().unwrap_or("").to_owned())
+            })
+            .unwrap_or_else(|| {
+                "[[rule]]\nname = \"a\"\nkey = [\"ip\"]\nlimit = 1\nwindow = \"1m\"\n".into()
+            });
     let (code, out, err) = run(&example);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("ok (rules file"), "{out}");
     let base = "[[rule]]\nname = \"a\"\nkey = [\"ip\"]\nlimit = 1\nwindow = \"1m\"\n";
     for (bad, line, why) in [
         (base.replace("limit = 1", "limit = 0"), "line 4", "limit"),
-        (base.replace("window = \"1m\"", "window = \"0s\""), "line 5", "window"),
+        (
+            base.replace("window = \"1m\"", "window = \"0s\""),
+            "line 5",
+            "window",
+        ),
         (base.replace("limit = 1", "limt = 1"), "line 4", "limt"),
         (format!("{base}{base}"), "line 7", "twice"),
-        (format!("{base}[block]\nips = [\"300.1.1.1/8\"]\n"), "line 7", "300.1.1.1/8"),
-        (base.replace("key = [\"ip\"]", "key = [\"ip\"]\ncampaign = \"[\""), "line 4", "campaign"),
+        (
+            format!("{base}[block]\nips = [\"300.1.1.1/8\"]\n"),
+            "line 7",
+            "300.1.1.1/8",
+        ),
+        (
+            base.replace("key = [\"ip\"]", "key = [\"ip\"]\ncampaign = \"[\""),
+            "line 4",
+            "campaign",
+        ),
     ] {
         let (code, _, err) = run(&bad);
         assert_eq!(code, Some(2), "{bad}");

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod bans;
 mod binary;
 mod claims;
 mod contract;
