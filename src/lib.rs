@@ -13,8 +13,11 @@
 //! - [`http`]: actix routes and extractors, wire types with their OpenAPI schemas
 //!   (`http::wire`: requests parsed into the service's commands), problem+json, the edge
 //!   middleware.
-//! - [`guard`]: the anti-abuse edge: the client address (trusted proxies, IPv6 prefix),
-//!   resolved once for every route.
+//! - [`guard`]: the anti-abuse edge of LIMITS.md: the client address (trusted proxies,
+//!   IPv6 prefix) resolved once for every route, the in-process flood shield (governor),
+//!   block/allow lists, the in-process view of bans, and the rules engine (which rules
+//!   apply, their keys, one script call per hash slot, RateLimit headers, bans).
+//! - [`worker`]: background loops: the rules-file watcher (notify) and the bans refresh.
 //! - [`service`]: one file per use case (campaigns, claims, redemptions) plus the campaign
 //!   catalog and idempotency records: call the store, map the outcome to API errors.
 //! - [`domain`]: pure rules, no actix, no Redis, no utoipa: campaigns and coupons, codes
@@ -33,8 +36,8 @@
 //!   reconnects by itself) on a dedicated runtime thread, not a deadpool
 //!   pool: measured ~1.7x the claims/s of a pool checkout per request, and the
 //!   only blocking/admin work there is would not need a pool either.
-//! - `governor` (the in-process per-IP limiter) belongs to the rules engine of
-//!   LIMITS.md and arrives with it, in `guard/`.
+//! - `governor` is the in-process per-IP shield (`guard::shield`); `notify` watches the
+//!   rules file; `arc-swap` swaps a reloaded rule set in without locking the hot path.
 //! - mimalloc is the global allocator of the binary (see `main.rs`).
 
 pub mod domain;

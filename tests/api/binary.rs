@@ -62,11 +62,40 @@ async fn the_binary_keeps_identities_private_restarts_redis_and_drains_on_sigter
     let log_path = dir.path().join("stampede.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let data = dir.path().join("data");
+    // Rules on every kind of identity, so their keys and the audit stream
+    // are part of what is searched for clear identities below.
+    let rules = dir.path().join("limits.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[shield]
+per_second = 1000
+burst = 1000
+[[rule]]
+name = "per-ip"
+key = ["ip"]
+limit = 1000
+window = "1m"
+[[rule]]
+name = "phone-device"
+key = ["phone", "device", "campaign"]
+limit = 1000
+window = "1h"
+[[rule]]
+name = "farm"
+key = ["device"]
+distinct = "phone"
+limit = 1000
+window = "1d"
+"#,
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stampede"))
         .env("STAMPEDE_LISTEN", format!("127.0.0.1:{port}"))
         .env("STAMPEDE_DATA_DIR", &data)
         .env("STAMPEDE_TRUSTED_PROXIES", "[\"127.0.0.1/32\"]")
         .env("STAMPEDE_SHUTDOWN_GRACE_SECS", "10")
+        .env("STAMPEDE_LIMITS_FILE", &rules)
         .env("RUST_LOG", "trace")
         .env_remove("STAMPEDE_REDIS_URL")
         .stdout(log.try_clone().unwrap())
@@ -113,6 +142,29 @@ async fn the_binary_keeps_identities_private_restarts_redis_and_drains_on_sigter
     };
     let first = claim(PHONE_FORMS[0], IPS[0]).await.unwrap();
     assert_eq!(first.status(), 201);
+    assert!(
+        first.headers().contains_key("ratelimit"),
+        "the rules file is in force"
+    );
+    // A ban and its release: both land in the audit stream, by pseudonym.
+    for (method, url, body) in [
+        (
+            "POST",
+            format!("{base}/v1/admin/bans"),
+            Some(json!({"kind": "device", "value": DEVICE, "duration": "1h"})),
+        ),
+        (
+            "DELETE",
+            format!("{base}/v1/admin/bans/device/{DEVICE}"),
+            None,
+        ),
+    ] {
+        let mut rb = client.request(method.parse().unwrap(), url);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        assert!(rb.send().await.unwrap().status().is_success());
+    }
     let code = first.json::<Value>().await.unwrap()["code"]
         .as_str()
         .unwrap()
@@ -189,9 +241,31 @@ async fn the_binary_keeps_identities_private_restarts_redis_and_drains_on_sigter
         let v: Vec<String> = match t.as_str() {
             "hash" => redis::cmd("HGETALL").arg(k).query(&mut conn).unwrap(),
             "string" => vec![redis::cmd("GET").arg(k).query(&mut conn).unwrap()],
+            "zset" => redis::cmd("ZRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query(&mut conn)
+                .unwrap(),
+            "stream" => {
+                let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                    .arg(k)
+                    .arg("-")
+                    .arg("+")
+                    .query(&mut conn)
+                    .unwrap();
+                entries
+                    .into_iter()
+                    .flat_map(|(_, f)| f.into_iter().flat_map(|(a, b)| [a, b]))
+                    .collect()
+            }
             other => panic!("unexpected type {other} for {k}"),
         };
         dump.push_str(&v.join(" "));
+    }
+    for kind in ["{r:", "{bans}", "{audit}", "ban.start", "ban.lift"] {
+        assert!(dump.contains(kind), "{kind} is among what was searched");
     }
     assert_clean("redis", &dump);
     assert_clean("the AOF", &read_all(&data.join("appendonlydir")));
