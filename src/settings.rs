@@ -153,10 +153,18 @@ fn describe(e: &figment::Error) -> String {
                     None => format!(" (from {})", m.name),
                 })
                 .unwrap_or_default();
-            if key.is_empty() {
-                format!("{}{from}", e.kind)
+            let unknown = matches!(e.kind, figment::error::Kind::UnknownField(..));
+            let kind = match &e.kind {
+                figment::error::Kind::UnknownField(f, expected) => format!(
+                    "unknown setting `{f}`; the settings are {}",
+                    expected.join(", ")
+                ),
+                k => k.to_string(),
+            };
+            if unknown || key.is_empty() || key == "default" {
+                format!("{kind}{from}")
             } else {
-                format!("{key}: {}{from}", e.kind)
+                format!("{key}: {kind}{from}")
             }
         })
         .collect::<Vec<_>>()

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::identity::Pseudonym;
 use crate::domain::limits::BanKind;
+use crate::error::ApiError;
+use crate::guard::Guard;
 use crate::store::rules::BanRecord;
 
 /// The hash field of a ban: `<kind>:<pseudonym>`.
@@ -78,5 +80,88 @@ impl BanCache {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+/// Starting, lifting and refreshing bans.
+impl Guard {
+    pub(super) async fn start_bans(&self, bans: &[(String, BanRecord)]) {
+        match self.store.set_bans(bans).await {
+            Ok(_) => {
+                self.bans.apply(bans, &[]);
+                for (field, rec) in bans {
+                    let kind = field.split(':').next().unwrap_or("");
+                    metrics::counter!("stampede_bans_started_total", "source" => rec.source.clone(), "kind" => kind.to_owned())
+                        .increment(1);
+                    tracing::warn!(kind, by = %rec.by, level = rec.level, secs = (rec.until_ms - rec.started_ms) / 1000, "ban started");
+                    self.audit(
+                        &rec.source,
+                        "ban.start",
+                        field,
+                        &rec.reason,
+                        &format!("until_ms={} level={}", rec.until_ms, rec.level),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a ban could not be stored"),
+        }
+    }
+
+    /// An admin's ban on `who` for `duration_ms`.
+    pub async fn ban(
+        &self,
+        kind: BanKind,
+        who: &Pseudonym,
+        duration_ms: u64,
+        reason: &str,
+        by: &str,
+    ) -> Result<(String, BanRecord), ApiError> {
+        let now = self.clock.now_ms();
+        let field = subject(kind, who);
+        let rec = BanRecord {
+            until_ms: now.saturating_add(duration_ms as i64),
+            started_ms: now,
+            source: "admin".into(),
+            by: by.into(),
+            reason: reason.into(),
+            level: 0,
+        };
+        let entry = [(field.clone(), rec.clone())];
+        self.store.set_bans(&entry).await?;
+        self.bans.apply(&entry, &[]);
+        metrics::counter!("stampede_bans_started_total", "source" => "admin", "kind" => kind.as_str())
+            .increment(1);
+        self.audit(
+            by,
+            "ban.start",
+            &field,
+            reason,
+            &format!("until_ms={}", rec.until_ms),
+        )
+        .await;
+        Ok((field, rec))
+    }
+
+    /// Lifts a ban; false when there was none.
+    pub async fn unban(&self, kind: BanKind, who: &Pseudonym, by: &str) -> Result<bool, ApiError> {
+        let field = subject(kind, who);
+        let (_, removed) = self.store.del_bans(std::slice::from_ref(&field)).await?;
+        self.bans.apply(&[], std::slice::from_ref(&field));
+        if removed > 0 {
+            self.audit(by, "ban.lift", &field, "", "").await;
+        }
+        Ok(removed > 0)
+    }
+
+    /// Reloads the bans from Redis when their version moved (every replica
+    /// calls this about once a second).
+    pub async fn refresh_bans(&self) -> Result<(), crate::store::StoreError> {
+        let v = self.store.bans_version().await?;
+        if v != self.bans.version() {
+            let (version, all) = self.store.all_bans().await?;
+            self.bans.replace(version, all);
+        }
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod bans;
 pub mod client_ip;
+pub mod reload;
 pub mod rules;
 pub mod shield;
 
@@ -29,12 +30,13 @@ use ipnet::IpNet;
 
 use crate::domain::clock::Clock;
 use crate::domain::identity::{ClientIp, DeviceId, Phone, Pseudonym, Pseudonymizer};
-use crate::domain::limits::{BanKind, Count, Defaults, Endpoint, LimitsError, RuleSet};
+use crate::domain::limits::{BanKind, Count, Defaults, Endpoint, RuleSet};
 use crate::domain::ratelimit::{RateState, ceil_secs};
 use crate::error::{ApiError, BlockReason};
 use crate::store::Store;
-use crate::store::rules::{AuditEntry, BanRecord, RuleCall, RuleStatus};
-use bans::{BanCache, subject};
+use crate::store::rules::{BanRecord, RuleCall, RuleStatus};
+use bans::BanCache;
+pub use reload::read_rules;
 use rules::{Decision, Subject, by_slot, plan};
 use shield::Shield;
 
@@ -118,28 +120,6 @@ impl std::fmt::Debug for Guard {
     }
 }
 
-/// Reads and parses a rules file.
-pub fn read_rules(path: &std::path::Path) -> Result<RuleSet, LimitsError> {
-    let meta = std::fs::metadata(path).map_err(|e| LimitsError {
-        line: None,
-        column: None,
-        message: format!("cannot read the file: {e}"),
-    })?;
-    if meta.len() > crate::domain::limits::MAX_FILE_BYTES as u64 {
-        return Err(LimitsError {
-            line: None,
-            column: None,
-            message: "the file is larger than 1 MiB".into(),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| LimitsError {
-        line: None,
-        column: None,
-        message: format!("cannot read the file: {e}"),
-    })?;
-    RuleSet::parse(&text)
-}
-
 impl Guard {
     /// The guard for `settings`; with a rules file, the file must be valid.
     pub fn new(
@@ -207,62 +187,6 @@ impl Guard {
             loaded_ms: self.clock.now_ms(),
             shield,
         }));
-    }
-
-    /// Puts a new rule set in force (a valid edit of the file), and records
-    /// the reload in the audit stream.
-    pub async fn install(&self, set: RuleSet) {
-        let version = set.version.clone();
-        let rules = set.rules.len();
-        self.swap_in(set);
-        metrics::counter!("stampede_rules_reloads_total", "result" => "ok").increment(1);
-        tracing::info!(%version, rules, "rules file reloaded");
-        self.audit(
-            "rules-file",
-            "limits.reload",
-            &version,
-            "",
-            &format!("{rules} rules"),
-        )
-        .await;
-    }
-
-    /// Records an edit of the file that was refused (the last good rules stay).
-    pub async fn reject(&self, error: &LimitsError) {
-        let file = self
-            .file
-            .as_ref()
-            .map(|f| f.display().to_string())
-            .unwrap_or_default();
-        let message = format!("{file}: {error}");
-        metrics::counter!("stampede_rules_reloads_total", "result" => "rejected").increment(1);
-        tracing::warn!(
-            file = %file,
-            line = error.line.unwrap_or(0),
-            reason = %error.message,
-            "rules file edit rejected; the last good rules stay in force"
-        );
-        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(Rejected {
-            at_ms: self.clock.now_ms(),
-            error: message.clone(),
-        });
-        self.audit("rules-file", "limits.reload_rejected", &file, "", &message)
-            .await;
-    }
-
-    /// Appends to the audit stream; a failure is logged, never fatal.
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, reason: &str, detail: &str) {
-        let entry = AuditEntry {
-            at_ms: self.clock.now_ms(),
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            reason: reason.into(),
-            detail: detail.into(),
-        };
-        if let Err(e) = self.store.audit(&entry).await {
-            tracing::warn!(error = %e, action, "audit entry not written");
-        }
     }
 
     /// Applies a rules file's `[defaults]`: each one set there overrides the
@@ -410,7 +334,7 @@ impl Guard {
                         };
                         if let Some(who) = who {
                             bans.push((
-                                subject_field(kind, who),
+                                bans::subject(kind, who),
                                 BanRecord {
                                     until_ms: now + r.ban_ms as i64,
                                     started_ms: now,
@@ -480,93 +404,9 @@ impl Guard {
         }
     }
 
-    async fn start_bans(&self, bans: &[(String, BanRecord)]) {
-        match self.store.set_bans(bans).await {
-            Ok(_) => {
-                self.bans.apply(bans, &[]);
-                for (field, rec) in bans {
-                    let kind = field.split(':').next().unwrap_or("");
-                    metrics::counter!("stampede_bans_started_total", "source" => rec.source.clone(), "kind" => kind.to_owned())
-                        .increment(1);
-                    tracing::warn!(kind, by = %rec.by, level = rec.level, secs = (rec.until_ms - rec.started_ms) / 1000, "ban started");
-                    self.audit(
-                        &rec.source,
-                        "ban.start",
-                        field,
-                        &rec.reason,
-                        &format!("until_ms={} level={}", rec.until_ms, rec.level),
-                    )
-                    .await;
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "a ban could not be stored"),
-        }
-    }
-
-    /// An admin's ban on `who` for `duration_ms`.
-    pub async fn ban(
-        &self,
-        kind: BanKind,
-        who: &Pseudonym,
-        duration_ms: u64,
-        reason: &str,
-        by: &str,
-    ) -> Result<(String, BanRecord), ApiError> {
-        let now = self.clock.now_ms();
-        let field = subject_field(kind, who);
-        let rec = BanRecord {
-            until_ms: now.saturating_add(duration_ms as i64),
-            started_ms: now,
-            source: "admin".into(),
-            by: by.into(),
-            reason: reason.into(),
-            level: 0,
-        };
-        let entry = [(field.clone(), rec.clone())];
-        self.store.set_bans(&entry).await?;
-        self.bans.apply(&entry, &[]);
-        metrics::counter!("stampede_bans_started_total", "source" => "admin", "kind" => kind.as_str())
-            .increment(1);
-        self.audit(
-            by,
-            "ban.start",
-            &field,
-            reason,
-            &format!("until_ms={}", rec.until_ms),
-        )
-        .await;
-        Ok((field, rec))
-    }
-
-    /// Lifts a ban; false when there was none.
-    pub async fn unban(&self, kind: BanKind, who: &Pseudonym, by: &str) -> Result<bool, ApiError> {
-        let field = subject_field(kind, who);
-        let (_, removed) = self.store.del_bans(std::slice::from_ref(&field)).await?;
-        self.bans.apply(&[], std::slice::from_ref(&field));
-        if removed > 0 {
-            self.audit(by, "ban.lift", &field, "", "").await;
-        }
-        Ok(removed > 0)
-    }
-
-    /// Reloads the bans from Redis when their version moved (every replica
-    /// calls this about once a second).
-    pub async fn refresh_bans(&self) -> Result<(), crate::store::StoreError> {
-        let v = self.store.bans_version().await?;
-        if v != self.bans.version() {
-            let (version, all) = self.store.all_bans().await?;
-            self.bans.replace(version, all);
-        }
-        Ok(())
-    }
-
     pub fn pseudonyms(&self) -> &Pseudonymizer {
         &self.ids
     }
-}
-
-fn subject_field(kind: BanKind, who: &Pseudonym) -> String {
-    subject(kind, who)
 }
 
 /// How `successes`/`failures` rules read a use case's result: an answer the

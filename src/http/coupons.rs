@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::error::ApiError;
 use actix_web::ResponseError;
 
-use crate::domain::identity::{Phone, Pseudonym};
+use crate::domain::identity::Phone;
 use crate::domain::limits::Endpoint;
 use crate::guard::{Client, Guard, Outcome, Verdict, Who, outcome_of};
 use crate::http::AppState;
@@ -17,6 +17,7 @@ use crate::http::wire::{
     ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
     ValidateRequest, ValidateResponse,
 };
+use crate::startup::Services;
 
 /// Claim a coupon: stock, window and the per-phone/device/IP quotas are
 /// checked and charged in one atomic step; a rejected claim charges nothing.
@@ -90,25 +91,27 @@ async fn finish(
     Ok(res)
 }
 
-/// The identities of a redemption-side request (code, optional phone).
-fn code_caller<'a>(
-    guard: &Guard,
+/// The guard's check of a request that carries a code (and maybe a phone):
+/// the campaign is the code's, when the code is genuine and known.
+async fn check_code_request(
+    services: &Services,
     client: &Client,
-    campaign: Option<&'a str>,
-    phone: Option<&'a Phone>,
-    ip: &'a mut Option<Pseudonym>,
-    phone_p: &'a mut Option<Pseudonym>,
-) -> Who<'a> {
-    let ids = guard.pseudonyms();
-    let ip = ip.insert(ids.ip(&client.ip));
-    let phone = phone.map(|p| (p, &*phone_p.insert(ids.phone(p))));
-    Who {
-        campaign,
-        ip,
-        phone,
+    endpoint: Endpoint,
+    code: &str,
+    phone: Option<&Phone>,
+) -> Result<Verdict, ApiError> {
+    let campaign = services.redemptions.campaign_of(code).await.ok();
+    let ids = services.guard.pseudonyms();
+    let ip = ids.ip(&client.ip);
+    let phone_p = phone.map(|p| ids.phone(p));
+    let who = Who {
+        campaign: campaign.as_ref().map(|c| c.id.as_str()),
+        ip: &ip,
+        phone: phone.zip(phone_p.as_ref()),
         device: None,
         user: None,
-    }
+    };
+    services.guard.check(endpoint, client, who).await
 }
 
 /// Redeem a code for an order, exactly once. The same (code, order_id) again
@@ -139,17 +142,14 @@ pub async fn redeem(
     let (body, _): (RedeemRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
-    let campaign = services.redemptions.campaign_of(&cmd.code).await.ok();
-    let (mut ip, mut phone) = (None, None);
-    let who = code_caller(
-        &services.guard,
+    let verdict = check_code_request(
+        services,
         &client,
-        campaign.as_ref().map(|c| c.id.as_str()),
+        Endpoint::Redeem,
+        &cmd.code,
         cmd.phone.as_ref(),
-        &mut ip,
-        &mut phone,
-    );
-    let verdict = services.guard.check(Endpoint::Redeem, &client, who).await?;
+    )
+    .await?;
     let result = services.redemptions.redeem(&cmd, &caller.ctx).await;
     let outcome = outcome_of(&result);
     finish(
@@ -187,17 +187,7 @@ pub async fn rollback(
     let (body, _): (RollbackRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse()?;
-    let campaign = services.redemptions.campaign_of(&cmd.code).await.ok();
-    let (mut ip, mut phone) = (None, None);
-    let who = code_caller(
-        &services.guard,
-        &client,
-        campaign.as_ref().map(|c| c.id.as_str()),
-        None,
-        &mut ip,
-        &mut phone,
-    );
-    let verdict = services.guard.check(Endpoint::Any, &client, who).await?;
+    let verdict = check_code_request(services, &client, Endpoint::Any, &cmd.code, None).await?;
     let result = services.redemptions.rollback(&cmd).await;
     let outcome = outcome_of(&result);
     finish(
@@ -233,20 +223,14 @@ pub async fn validate(
     let (body, _): (ValidateRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
-    let campaign = services.redemptions.campaign_of(&cmd.code).await.ok();
-    let (mut ip, mut phone) = (None, None);
-    let who = code_caller(
-        &services.guard,
+    let verdict = check_code_request(
+        services,
         &client,
-        campaign.as_ref().map(|c| c.id.as_str()),
+        Endpoint::Validate,
+        &cmd.code,
         cmd.phone.as_ref(),
-        &mut ip,
-        &mut phone,
-    );
-    let verdict = services
-        .guard
-        .check(Endpoint::Validate, &client, who)
-        .await?;
+    )
+    .await?;
     let result = services.redemptions.validate(&cmd).await;
     // A code that is not valid is a failed guess, though the answer is 200.
     let outcome = match &result {
