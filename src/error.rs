@@ -48,7 +48,7 @@ pub enum ApiError {
     HeadersTooLarge(usize),
     #[error("a valid API key is required: Authorization: Bearer <key>")]
     Unauthorized,
-    #[error("this API key's role may not do this")]
+    #[error("{0}")]
     Forbidden(String),
     #[error("campaign {0} does not exist")]
     CampaignNotFound(String),
@@ -68,6 +68,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a campaign with id {0} exists")]
     CampaignExists(String),
+    #[error("{0}")]
+    InvalidTransition(String),
     #[error("some fields are invalid")]
     InvalidRequest(Vec<FieldError>),
     #[error("{0}")]
@@ -131,6 +133,7 @@ impl ApiError {
             RequestInProgress => (409, "request_in_progress", "Request in progress"),
             IdempotencyKeyReused => (422, "idempotency_key_reused", "Idempotency key reused"),
             CampaignExists(_) => (409, "campaign_exists", "Campaign exists"),
+            InvalidTransition(_) => (409, "invalid_transition", "Invalid transition"),
             InvalidRequest(_) => (422, "invalid_request", "Invalid request"),
             NotEligible(_) => (422, "not_eligible", "Not eligible"),
             LimitExceeded { .. } => (429, "limit_exceeded", "Limit exceeded"),

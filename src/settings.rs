@@ -62,6 +62,8 @@ pub struct Settings {
     pub ipv6_prefix: u8,
     /// The security team's rules file (LIMITS.md); watched and hot-reloaded.
     pub limits_file: Option<PathBuf>,
+    /// Let webhooks go to loopback `http` URLs (tests, local receivers).
+    pub webhook_allow_loopback: bool,
     /// HTTP worker threads; default: one per core.
     pub workers: Option<usize>,
     /// `text` or `json`.
@@ -91,6 +93,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             ipv6_prefix: 64,
             limits_file: None,
+            webhook_allow_loopback: false,
             workers: None,
             log_format: "text".into(),
         }
@@ -104,6 +107,18 @@ pub enum Role {
     Admin,
     /// Claim, redeem, validate.
     Client,
+    /// Read-only: campaigns, stats, audit, the rules in force.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Client => "client",
+            Role::Viewer => "viewer",
+        }
+    }
 }
 
 /// One configured API key; only the SHA-256 of its secret is kept.
@@ -328,10 +343,11 @@ fn parse_api_keys(s: &str) -> Result<Vec<ApiKey>, SettingsError> {
         let role = match role {
             "admin" => Role::Admin,
             "client" => Role::Client,
+            "viewer" => Role::Viewer,
             _ => {
                 return Err(invalid(
                     "api_keys",
-                    format!("key {name}: role is admin or client"),
+                    format!("key {name}: role is admin, client or viewer"),
                 ));
             }
         };

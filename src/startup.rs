@@ -16,6 +16,7 @@ use crate::domain::clock::Clock;
 use crate::domain::code::CodeKey;
 use crate::domain::identity::Pseudonymizer;
 use crate::domain::secret::Secret;
+use crate::domain::webhook::UrlPolicy;
 use crate::guard::Guard;
 use crate::http::body::BodyLimits;
 use crate::http::{AppState, app};
@@ -23,7 +24,9 @@ use crate::service::campaigns::CampaignService;
 use crate::service::catalog::Catalog;
 use crate::service::claims::ClaimService;
 use crate::service::idempotency::{IdemTtls, Idempotency};
+use crate::service::lifecycle::LifecycleService;
 use crate::service::redemptions::RedemptionService;
+use crate::service::reports::ReportService;
 use crate::settings::Validated;
 use crate::store::Store;
 use crate::store::managed::{ManagedConfig, ManagedError, ManagedRedis};
@@ -50,6 +53,8 @@ pub struct Services {
     pub campaigns: CampaignService,
     pub claims: ClaimService,
     pub redemptions: RedemptionService,
+    pub lifecycle: LifecycleService,
+    pub reports: ReportService,
     pub guard: Arc<Guard>,
     managed: Option<ManagedRedis>,
 }
@@ -96,6 +101,9 @@ impl Services {
                 server_secs: raw.request_dedupe_ttl_secs,
             },
         );
+        let policy = UrlPolicy {
+            allow_loopback: raw.webhook_allow_loopback,
+        };
         let codes = CodeKey::new(secret.derive("code"));
         let ids = Pseudonymizer::new(secret.derive("identity"));
         Ok(Self {
@@ -104,7 +112,10 @@ impl Services {
                 catalog.clone(),
                 idem.clone(),
                 clock.clone(),
+                policy,
             ),
+            lifecycle: LifecycleService::new(store.clone(), clock.clone(), policy),
+            reports: ReportService::new(store.clone(), clock.clone()),
             claims: ClaimService::new(
                 store.clone(),
                 catalog.clone(),
@@ -113,7 +124,14 @@ impl Services {
                 ids.clone(),
                 clock.clone(),
             ),
-            redemptions: RedemptionService::new(store.clone(), catalog, idem, codes, clock.clone()),
+            redemptions: RedemptionService::new(
+                store.clone(),
+                catalog,
+                idem,
+                codes,
+                ids.clone(),
+                clock.clone(),
+            ),
             guard: Arc::new(
                 Guard::new(&settings, store.clone(), ids.clone(), clock.clone())
                     .map_err(StartupError::Limits)?,

@@ -6,10 +6,14 @@
 pub mod campaign;
 pub mod clock;
 pub mod code;
+pub mod coupon;
+pub mod eligibility;
 pub mod error;
 pub mod identity;
+pub mod lifecycle;
 pub mod limits;
 pub mod ratelimit;
 pub mod secret;
+pub mod webhook;
 
 pub use error::FieldError;

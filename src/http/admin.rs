@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::body::read_json;
+use crate::http::permissions::Permission;
 use crate::http::problem::Problem;
 use crate::http::wire::limits::{BanList, BanQuery, BanRequest, BanView, LimitsView, Unbanned};
 
@@ -23,6 +24,7 @@ const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(365 * 86_400
     responses(
         (status = 200, description = "The rules in force", body = LimitsView),
         (status = 401, description = "unauthorized", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "malformed_request (query or body)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -31,7 +33,7 @@ pub async fn limits(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<web::Json<LimitsView>, ApiError> {
-    caller.require_admin()?;
+    caller.require(Permission::ReadLimits)?;
     let guard = &state.services.guard;
     Ok(web::Json(LimitsView::new(
         &guard.limits(),
@@ -74,6 +76,7 @@ fn subject(state: &AppState, kind: BanKind, value: &str) -> Result<Pseudonym, Ap
     responses(
         (status = 201, description = "Banned", body = BanView),
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "malformed_request: the body is larger than max_body_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
@@ -86,7 +89,7 @@ pub async fn ban(
     payload: web::Payload,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    caller.require(Permission::ManageBans)?;
     let (body, _): (BanRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let kind = kind(body.kind.as_deref())?;
     let value = body
@@ -134,6 +137,7 @@ pub async fn ban(
     ),
     responses(
         (status = 200, description = "Released (or was not banned)", body = Unbanned),
+        (status = 400, description = "malformed_request (query or body)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
@@ -145,7 +149,7 @@ pub async fn unban(
     path: web::Path<(String, String)>,
     caller: Caller,
 ) -> Result<web::Json<Unbanned>, ApiError> {
-    caller.require_admin()?;
+    caller.require(Permission::ManageBans)?;
     let (kind_raw, value) = path.into_inner();
     let kind = kind(Some(&kind_raw))?;
     let who = subject(&state, kind, &value)?;
@@ -163,6 +167,7 @@ pub async fn unban(
     params(BanQuery),
     responses(
         (status = 200, description = "Running bans", body = BanList),
+        (status = 400, description = "malformed_request (query or body)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
     ),
@@ -173,7 +178,7 @@ pub async fn bans(
     query: web::Query<BanQuery>,
     caller: Caller,
 ) -> Result<web::Json<BanList>, ApiError> {
-    caller.require_admin()?;
+    caller.require(Permission::ReadLimits)?;
     let guard = &state.services.guard;
     // Read through to Redis, so the list is current on every replica.
     guard.refresh_bans().await?;

@@ -23,16 +23,6 @@ pub struct Caller {
     pub ctx: RequestContext,
 }
 
-impl Caller {
-    /// `403 forbidden` unless the caller is an admin.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self.role {
-            Role::Admin => Ok(()),
-            Role::Client => Err(ApiError::Forbidden("admin".into())),
-        }
-    }
-}
-
 fn authenticate(req: &HttpRequest, keys: &[ApiKey]) -> Result<(String, Role), ApiError> {
     if keys.is_empty() {
         return Ok(("open".into(), Role::Admin));

@@ -11,6 +11,7 @@ use crate::guard::{Client, Guard, Outcome, Verdict, Who, outcome_of};
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::body::read_json;
+use crate::http::permissions::Permission;
 use crate::http::problem::Problem;
 use crate::http::problem::insert_rate_headers;
 use crate::http::wire::{
@@ -33,6 +34,7 @@ use crate::startup::Services;
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "campaign_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "sold_out / campaign_not_active", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "malformed_request: the body is larger than max_body_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request / idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "limit_exceeded: a campaign quota (per_phone / per_device / per_ip), a rate rule, or the shield; `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
@@ -48,6 +50,7 @@ pub async fn claim(
     caller: Caller,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Permission::UseCoupons)?;
     let (body, _): (ClaimRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(&id, services.settings.region)?;
@@ -59,7 +62,18 @@ pub async fn claim(
         device: Some((&cmd.device, &claimant.device)),
         user: cmd.user_id.as_deref(),
     };
-    let verdict = services.guard.check(Endpoint::Claim, &client, who).await?;
+    let verdict = match services.guard.check(Endpoint::Claim, &client, who).await {
+        Ok(v) => v,
+        Err(e) => {
+            if let ApiError::LimitExceeded { limit, .. } = &e {
+                services
+                    .campaigns
+                    .count_rule_refusal(&cmd.campaign, limit)
+                    .await;
+            }
+            return Err(e);
+        }
+    };
     let result = services.claims.claim(&cmd, &claimant, &caller.ctx).await;
     let outcome = outcome_of(&result);
     finish(
@@ -125,6 +139,7 @@ async fn check_code_request(
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "invalid_code", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "already_redeemed / code_expired", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "malformed_request: the body is larger than max_body_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request / not_eligible / idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "limit_exceeded: a rate rule of the rules file (or the shield); `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
@@ -139,6 +154,7 @@ pub async fn redeem(
     caller: Caller,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Permission::UseCoupons)?;
     let (body, _): (RedeemRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
@@ -170,6 +186,7 @@ pub async fn redeem(
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "invalid_code", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "already_redeemed: redeemed by another order", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "malformed_request: the body is larger than max_body_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "limit_exceeded: a rate rule of the rules file (or the shield); `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
@@ -181,14 +198,15 @@ pub async fn rollback(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
-    _caller: Caller,
+    caller: Caller,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Permission::UseCoupons)?;
     let (body, _): (RollbackRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse()?;
     let verdict = check_code_request(services, &client, Endpoint::Any, &cmd.code, None).await?;
-    let result = services.redemptions.rollback(&cmd).await;
+    let result = services.redemptions.rollback(&cmd, &caller.ctx).await;
     let outcome = outcome_of(&result);
     finish(
         &services.guard,
@@ -206,6 +224,7 @@ pub async fn rollback(
     responses(
         (status = 200, description = "valid, or why not", body = ValidateResponse),
         (status = 400, description = "malformed_request", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "malformed_request: the body is larger than max_body_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "blocked: on a block list or serving a ban (`reason`); Retry-After while a ban runs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "limit_exceeded: a rate rule of the rules file (or the shield); `limit` names it", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "seconds"), ("RateLimit-Policy" = String, description = "draft-ietf-httpapi-ratelimit-headers-10"), ("RateLimit" = String, description = "remaining and reset of the tightest rule"))),
@@ -217,9 +236,10 @@ pub async fn validate(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
-    _caller: Caller,
+    caller: Caller,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
+    caller.require(Permission::UseCoupons)?;
     let (body, _): (ValidateRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;

@@ -11,6 +11,7 @@ pub mod coupons;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod permissions;
 pub mod problem;
 pub mod wire;
 
@@ -36,8 +37,15 @@ pub struct AppState {
 /// The routes, used by the server and by tests alike.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v1/campaigns").route(web::post().to(campaigns::create)))
-        .service(web::resource("/v1/campaigns/{id}").route(web::get().to(campaigns::get)))
+        .service(
+            web::resource("/v1/campaigns/{id}")
+                .route(web::get().to(campaigns::get))
+                .route(web::patch().to(campaigns::patch)),
+        )
+        .service(web::resource("/v1/campaigns/{id}/stats").route(web::get().to(campaigns::stats)))
         .service(web::resource("/v1/campaigns/{id}/claims").route(web::post().to(coupons::claim)))
+        .service(web::resource("/v1/campaigns/{id}/{action}").route(web::post().to(campaigns::act)))
+        .service(web::resource("/v1/audit").route(web::get().to(campaigns::audit)))
         .service(web::resource("/v1/redemptions").route(web::post().to(coupons::redeem)))
         .service(web::resource("/v1/redemptions/rollback").route(web::post().to(coupons::rollback)))
         .service(web::resource("/v1/codes/validate").route(web::post().to(coupons::validate)))

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::domain::campaign::{CampaignDraft, CampaignId, CampaignSpec, campaign_no_in_range};
-use crate::domain::clock::Clock;
+use crate::domain::clock::{Clock, to_ms};
+use crate::domain::lifecycle::State;
+use crate::domain::webhook::UrlPolicy;
 use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::catalog::{CampaignInfo, Catalog};
@@ -17,6 +19,7 @@ pub struct CampaignService {
     catalog: Arc<Catalog>,
     idem: Idempotency,
     clock: Arc<dyn Clock>,
+    policy: UrlPolicy,
 }
 
 /// A created campaign; `replay` when it is the first answer of an earlier
@@ -38,12 +41,14 @@ impl CampaignService {
         catalog: Arc<Catalog>,
         idem: Idempotency,
         clock: Arc<dyn Clock>,
+        policy: UrlPolicy,
     ) -> Self {
         Self {
             store,
             catalog,
             idem,
             clock,
+            policy,
         }
     }
 
@@ -57,6 +62,7 @@ impl CampaignService {
     ) -> Result<Created, ApiError> {
         let now = self.clock.now();
         let fingerprint = self.idem.digest(&[b"create", raw_body]);
+        self.idem.own(&self.store, ctx, &fingerprint).await?;
         // With an Idempotency-Key and no id, the id is derived from the key,
         // so a retry finds the campaign its first attempt created.
         let generated = match &ctx.idempotency_key {
@@ -68,7 +74,9 @@ impl CampaignService {
             ),
             None => format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
         };
-        let spec = CampaignSpec::parse(draft, &generated, now).map_err(ApiError::InvalidRequest)?;
+        let spec = CampaignSpec::parse(draft, &generated, now, &ctx.caller, self.policy)
+            .map_err(ApiError::InvalidRequest)?;
+        let state = State::parse(&spec.initial_state).unwrap_or(State::Active);
         let id = CampaignId::parse(&spec.id).map_err(|_| ApiError::Internal)?;
         let keys = CampaignKeys::new(&id);
 
@@ -80,14 +88,17 @@ impl CampaignService {
         let no = no as u32;
         self.store.bind_campaign_no(no, id.as_str()).await?;
         let idem = self.idem.create_record(ctx, fingerprint);
-        match self.store.create_campaign(&keys, &spec, no, idem).await? {
+        match self
+            .store
+            .create_campaign(&keys, &spec, no, state, to_ms(now), idem)
+            .await?
+        {
             CreateOutcome::Created => {
-                self.catalog.remember(CampaignInfo {
-                    id: spec.id.clone(),
-                    no,
-                    coupon: spec.coupon.clone(),
-                    keys,
-                });
+                self.catalog
+                    .remember(CampaignInfo::new(&spec, no, keys.clone()));
+                if spec.alerts.webhook_url.is_some() {
+                    self.store.watch_webhooks(&spec.id).await?;
+                }
                 Ok(Created {
                     spec,
                     replay: false,
@@ -109,6 +120,19 @@ impl CampaignService {
             .campaign(&CampaignKeys::new(&id))
             .await?
             .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))
+    }
+
+    /// Counts a claim refused by a rate rule on the campaign's stats (only
+    /// for a campaign that exists: a flood at made-up ids creates nothing).
+    pub async fn count_rule_refusal(&self, id: &CampaignId, rule: &str) {
+        if let Ok(Some(info)) = self.catalog.get(id).await
+            && let Err(e) = self
+                .store
+                .count_refusal(&info.keys, &format!("rule:{rule}"))
+                .await
+        {
+            tracing::debug!(error = %e, "rule refusal not counted");
+        }
     }
 
     pub fn now_ms(&self) -> i64 {

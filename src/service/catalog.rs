@@ -5,19 +5,40 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::domain::campaign::{CampaignId, Coupon};
+use crate::domain::campaign::{CampaignId, CampaignSpec, Coupon};
 use crate::domain::code::CodePayload;
+use crate::domain::eligibility::Eligibility;
 use crate::error::ApiError;
 use crate::store::Store;
 use crate::store::keys::CampaignKeys;
 
-/// The cached facts of one campaign.
+/// The cached facts of one campaign: only what no PATCH or transition can
+/// change (state, window, stock, limits, rollout and alerts are read by the
+/// scripts from the campaign hash on every call, so every replica acts on a
+/// change at once).
 #[derive(Debug)]
 pub struct CampaignInfo {
     pub id: String,
     pub no: u32,
     pub coupon: Coupon,
+    pub channels: Vec<String>,
+    pub bind_to_claimer: bool,
+    pub eligibility: Eligibility,
     pub keys: CampaignKeys,
+}
+
+impl CampaignInfo {
+    pub fn new(spec: &CampaignSpec, no: u32, keys: CampaignKeys) -> Self {
+        Self {
+            id: spec.id.clone(),
+            no,
+            coupon: spec.coupon.clone(),
+            channels: spec.channels.clone(),
+            bind_to_claimer: spec.bind_to_claimer,
+            eligibility: spec.eligibility.clone(),
+            keys,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -63,12 +84,11 @@ impl Catalog {
         let Some(stored) = self.store.campaign(&keys).await? else {
             return Ok(None);
         };
-        Ok(Some(self.remember(CampaignInfo {
-            id: id.to_string(),
-            no: stored.no,
-            coupon: stored.spec.coupon,
+        Ok(Some(self.remember(CampaignInfo::new(
+            &stored.spec,
+            stored.no,
             keys,
-        })))
+        ))))
     }
 
     /// The campaign a verified code belongs to; `invalid_code` when none.

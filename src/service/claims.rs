@@ -42,6 +42,14 @@ pub struct Issued {
     pub coupon: Coupon,
 }
 
+/// A stable 0..99 bucket of a phone for staged rollouts: the first 32 bits
+/// of its pseudonym (keyed, so nobody can pick a phone to land in a bucket;
+/// stable, so raising the percent only ever lets more phones in).
+pub fn rollout_bucket(phone: &Pseudonym) -> u8 {
+    let head = phone.as_str().get(..8).unwrap_or("0");
+    (u32::from_str_radix(head, 16).unwrap_or(0) % 100) as u8
+}
+
 #[derive(Debug)]
 pub struct ClaimService {
     store: Store,
@@ -100,6 +108,21 @@ impl ClaimService {
             cmd.user_id.as_deref().unwrap_or("").as_bytes(),
             cmd.channel.as_deref().unwrap_or("").as_bytes(),
         ]);
+        self.idem.own(&self.store, ctx, &fingerprint).await?;
+        if !info.channels.is_empty()
+            && !cmd
+                .channel
+                .as_ref()
+                .is_some_and(|c| info.channels.contains(c))
+        {
+            if let Err(e) = self.store.count_refusal(&info.keys, "rej:channel").await {
+                tracing::debug!(error = %e, "refusal not counted");
+            }
+            return Err(ApiError::NotEligible(format!(
+                "channels: this campaign takes claims from {} only",
+                info.channels.join(", ")
+            )));
+        }
         let idem = self.idem.record(ctx, fingerprint);
         let outcome = self
             .store
@@ -110,6 +133,8 @@ impl ClaimService {
                 &who.device,
                 &who.ip,
                 &idem,
+                rollout_bucket(&who.phone),
+                cmd.channel.as_deref().unwrap_or(""),
             )
             .await?;
         let label = match &outcome {
@@ -117,6 +142,7 @@ impl ClaimService {
             ClaimOutcome::NotFound => "campaign_not_found",
             ClaimOutcome::NotActive(_) => "campaign_not_active",
             ClaimOutcome::SoldOut => "sold_out",
+            ClaimOutcome::NotEligible(_) => "not_eligible",
             ClaimOutcome::Limit(q) => q.as_str(),
             ClaimOutcome::KeyReused => "idempotency_key_reused",
         };
@@ -151,6 +177,9 @@ impl ClaimService {
                 state,
             }),
             ClaimOutcome::SoldOut => Err(ApiError::SoldOut(id.to_string())),
+            ClaimOutcome::NotEligible(_) => Err(ApiError::NotEligible(
+                "rollout_percent: this phone is not in the campaign's staged rollout yet".into(),
+            )),
             ClaimOutcome::Limit(q) => Err(ApiError::quota(q.as_str())),
             ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
         }

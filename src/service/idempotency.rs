@@ -3,10 +3,21 @@
 //! server-made request id (kept `server_secs`), so a transport re-send never
 //! charges twice. Keys and fingerprints are keyed digests: both may contain
 //! identities.
+//!
+//! A client key belongs to its caller, not to a campaign: before the effect,
+//! [`Idempotency::own`] claims the key for this request's fingerprint in a
+//! caller-scoped record (`st:{k:<digest>}`, its own slot), so the same key
+//! with another request on another campaign is refused. The campaign-scoped
+//! record stays the one written atomically with the effect (the claim script
+//! is single-slot). Cost: one extra round trip, only for requests that send
+//! an `Idempotency-Key`.
 
 use crate::domain::secret::{Secret, hmac_sha256};
+use crate::error::ApiError;
 use crate::service::RequestContext;
-use crate::store::{CreateIdem, Idem};
+use crate::store::campaigns::KeyOwner;
+use crate::store::keys;
+use crate::store::{CreateIdem, Idem, Store};
 
 /// How long the records live.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +78,47 @@ impl Idempotency {
 
     fn client_digest(&self, ctx: &RequestContext, key: &str) -> String {
         self.digest(&[b"client", ctx.caller.as_bytes(), key.as_bytes()])
+    }
+
+    /// Makes sure the client's `Idempotency-Key` (if any) belongs to this
+    /// request: the same key with another request, on any campaign, is
+    /// `422 idempotency_key_reused`. Returns the first answer when one was
+    /// recorded under the key.
+    pub async fn own(
+        &self,
+        store: &Store,
+        ctx: &RequestContext,
+        fingerprint: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(k) = &ctx.idempotency_key else {
+            return Ok(None);
+        };
+        let key = keys::idempotency_owner(&self.client_digest(ctx, k));
+        match store
+            .own_idempotency_key(&key, fingerprint, self.ttls.client_secs)
+            .await?
+        {
+            KeyOwner::Mine(answer) => Ok(answer),
+            KeyOwner::Other => Err(ApiError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Records the first answer under the client's key, if it sent one.
+    pub async fn remember_answer(
+        &self,
+        store: &Store,
+        ctx: &RequestContext,
+        fingerprint: &str,
+        answer: &str,
+    ) -> Result<(), ApiError> {
+        let Some(k) = &ctx.idempotency_key else {
+            return Ok(());
+        };
+        let key = keys::idempotency_owner(&self.client_digest(ctx, k));
+        store
+            .record_idempotent_answer(&key, fingerprint, answer, self.ttls.client_secs)
+            .await?;
+        Ok(())
     }
 
     /// The record of a create: only with a client key (a create without one

@@ -9,7 +9,9 @@
 //!
 //! - [`campaigns`]: create and read campaigns.
 //! - [`claims`]: claim one coupon.
-//! - [`redemptions`]: redeem, roll back, validate a code.
+//! - [`redemptions`]: redeem, roll back, validate a code (eligibility, bound codes).
+//! - [`lifecycle`]: submit, approve, reject, pause, resume, end; PATCH.
+//! - [`reports`]: stats and the audit trail.
 //! - [`catalog`]: the in-process cache of what never changes about a campaign.
 //! - [`idempotency`]: the record every script call carries (client key or server request id).
 
@@ -17,7 +19,9 @@ pub mod campaigns;
 pub mod catalog;
 pub mod claims;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod redemptions;
+pub mod reports;
 
 /// Who is asking, and how their retries are recognised.
 #[derive(Debug, Clone)]

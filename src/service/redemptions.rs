@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::domain::campaign::{Coupon, Ineligible};
 use crate::domain::clock::{Clock, from_ms, rfc3339};
 use crate::domain::code::{CodeKey, CodePayload};
-use crate::domain::identity::Phone;
+use crate::domain::eligibility::OrderFacts;
+use crate::domain::identity::{Phone, Pseudonym, Pseudonymizer};
 use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::catalog::{CampaignInfo, Catalog};
@@ -22,6 +23,7 @@ pub struct RedeemCommand {
     pub order_amount: Option<i64>,
     pub phone: Option<Phone>,
     pub store_id: Option<String>,
+    pub order: OrderFacts,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,7 @@ pub struct ValidateCommand {
     pub code: String,
     pub order_amount: Option<i64>,
     pub phone: Option<Phone>,
+    pub order: OrderFacts,
 }
 
 #[derive(Debug, Clone)]
@@ -83,11 +86,28 @@ pub struct RedemptionService {
     catalog: Arc<Catalog>,
     idem: Idempotency,
     codes: CodeKey,
+    ids: Pseudonymizer,
     clock: Arc<dyn Clock>,
 }
 
-fn discount(coupon: &Coupon, order_amount: Option<i64>) -> Result<i64, ApiError> {
-    coupon.discount(order_amount).map_err(|e| match e {
+/// The discount the order gets, after the campaign's eligibility rules.
+fn discount(
+    info: &CampaignInfo,
+    order_amount: Option<i64>,
+    order: &OrderFacts,
+) -> Result<i64, ApiError> {
+    info.eligibility
+        .check(order)
+        .map_err(|u| ApiError::NotEligible(u.to_string()))?;
+    if let (Some(min), Some(amount)) = (info.coupon.min_order_amount(), order_amount)
+        && amount < min
+    {
+        return Err(ApiError::NotEligible(
+            Ineligible::BelowMinimum { amount, min }.to_string(),
+        ));
+    }
+    let base = info.eligibility.discount_base(order, order_amount);
+    info.coupon.discount(base).map_err(|e| match e {
         Ineligible::AmountRequired => ApiError::field("order_amount", e.to_string()),
         Ineligible::BelowMinimum { .. } => ApiError::NotEligible(e.to_string()),
     })
@@ -99,6 +119,7 @@ impl RedemptionService {
         catalog: Arc<Catalog>,
         idem: Idempotency,
         codes: CodeKey,
+        ids: Pseudonymizer,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
@@ -106,7 +127,27 @@ impl RedemptionService {
             catalog,
             idem,
             codes,
+            ids,
             clock,
+        }
+    }
+
+    /// The claimer a redemption must match: the phone's pseudonym when the
+    /// campaign binds codes to their claimer (then the phone is required).
+    fn claimer(
+        &self,
+        info: &CampaignInfo,
+        phone: Option<&Phone>,
+    ) -> Result<Option<Pseudonym>, ApiError> {
+        if !info.bind_to_claimer {
+            return Ok(None);
+        }
+        match phone {
+            Some(p) => Ok(Some(self.ids.phone(p))),
+            None => Err(ApiError::NotEligible(
+                "bind_to_claimer: this code is bound to the phone that claimed it; send phone"
+                    .into(),
+            )),
         }
     }
 
@@ -130,9 +171,6 @@ impl RedemptionService {
         cmd: &RedeemCommand,
         ctx: &RequestContext,
     ) -> Result<Redeemed, ApiError> {
-        let payload = self.verify(&cmd.code)?;
-        let info = self.catalog.by_code(payload).await?;
-        let discount = discount(&info.coupon, cmd.order_amount)?;
         let fingerprint = self.idem.digest(&[
             b"redeem",
             cmd.code.as_bytes(),
@@ -142,7 +180,14 @@ impl RedemptionService {
                 .unwrap_or_default()
                 .as_bytes(),
             cmd.store_id.as_deref().unwrap_or("").as_bytes(),
+            cmd.phone.as_ref().map_or("", Phone::as_e164).as_bytes(),
+            format!("{:?}", cmd.order).as_bytes(),
         ]);
+        self.idem.own(&self.store, ctx, &fingerprint).await?;
+        let payload = self.verify(&cmd.code)?;
+        let info = self.catalog.by_code(payload).await?;
+        let discount = discount(&info, cmd.order_amount, &cmd.order)?;
+        let claimer = self.claimer(&info, cmd.phone.as_ref())?;
         let idem = self.idem.record(ctx, fingerprint);
         let outcome = self
             .store
@@ -153,7 +198,7 @@ impl RedemptionService {
                 &cmd.order_id,
                 discount,
                 cmd.store_id.as_deref().unwrap_or(""),
-                None,
+                claimer.as_ref(),
                 &idem,
             )
             .await?;
@@ -197,7 +242,22 @@ impl RedemptionService {
     }
 
     /// Undoes a redemption (order cancelled or refunded).
-    pub async fn rollback(&self, cmd: &RollbackCommand) -> Result<RolledBack, ApiError> {
+    pub async fn rollback(
+        &self,
+        cmd: &RollbackCommand,
+        ctx: &RequestContext,
+    ) -> Result<RolledBack, ApiError> {
+        let fingerprint =
+            self.idem
+                .digest(&[b"rollback", cmd.code.as_bytes(), cmd.order_id.as_bytes()]);
+        if let Some(first) = self.idem.own(&self.store, ctx, &fingerprint).await? {
+            return Ok(RolledBack {
+                code: cmd.code.clone(),
+                order_id: cmd.order_id.clone(),
+                campaign_id: self.campaign_of(&cmd.code).await?.id.clone(),
+                rolled_back: first == "1",
+            });
+        }
         let payload = self.verify(&cmd.code)?;
         let info = self.catalog.by_code(payload).await?;
         let outcome = self
@@ -215,6 +275,14 @@ impl RedemptionService {
             RollbackOutcome::OtherOrder => return Err(ApiError::AlreadyRedeemed),
             RollbackOutcome::InvalidCode => return Err(ApiError::InvalidCode),
         };
+        self.idem
+            .remember_answer(
+                &self.store,
+                ctx,
+                &fingerprint,
+                if rolled_back { "1" } else { "0" },
+            )
+            .await?;
         Ok(RolledBack {
             code: cmd.code.clone(),
             order_id: cmd.order_id.clone(),
@@ -252,7 +320,17 @@ impl RedemptionService {
             let e = ApiError::CodeExpired(rfc3339(from_ms(exp)));
             return Ok(with_campaign(Validation::invalid(&e)));
         }
-        match discount(&info.coupon, cmd.order_amount) {
+        match self.claimer(&info, cmd.phone.as_ref()) {
+            Err(e) => return Ok(with_campaign(Validation::invalid(&e))),
+            Ok(Some(p)) if state.claimer.as_deref().is_some_and(|c| c != p.as_str()) => {
+                let e = ApiError::NotEligible(
+                    "bind_to_claimer: the code is bound to the phone that claimed it".into(),
+                );
+                return Ok(with_campaign(Validation::invalid(&e)));
+            }
+            Ok(_) => {}
+        }
+        match discount(&info, cmd.order_amount, &cmd.order) {
             Ok(d) => Ok(with_campaign(Validation {
                 valid: true,
                 discount: Some(d),

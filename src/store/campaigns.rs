@@ -3,6 +3,7 @@
 //! and the calls that create and read it.
 
 use crate::domain::campaign::CampaignSpec;
+use crate::domain::lifecycle::{Action, State};
 use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
 use crate::store::scripts;
@@ -26,6 +27,8 @@ pub struct StoredCampaign {
     pub no: u32,
     pub issued: i64,
     pub redeemed: i64,
+    /// Bumped by every transition and PATCH (the PATCH compare-and-set).
+    pub ver: String,
 }
 
 /// An idempotency record guarding one create: key digest, request fingerprint, TTL.
@@ -41,27 +44,74 @@ fn spec_from_json(json: &str) -> Result<CampaignSpec> {
         .map_err(|e| StoreError::Protocol(format!("stored campaign spec is unreadable: {e}")))
 }
 
-/// The meta hash of a new campaign: the spec (JSON, for reads) and the
-/// flattened fields the claim script checks without decoding JSON.
-fn record_fields(spec: &CampaignSpec, no: u32) -> Result<Vec<(&'static str, String)>> {
+/// The fields of the meta hash that follow from the spec: the spec (JSON,
+/// for reads) and what the scripts check without decoding JSON. Written at
+/// create and rewritten by every PATCH.
+fn spec_fields(spec: &CampaignSpec) -> Result<Vec<(&'static str, String)>> {
     let l = spec.limits;
     Ok(vec![
         (
             "spec",
             serde_json::to_string(spec).map_err(|e| StoreError::Protocol(e.to_string()))?,
         ),
-        ("state", "active".to_owned()),
-        ("no", no.to_string()),
         ("stock", spec.stock.to_string()),
-        ("issued", "0".to_owned()),
-        ("redeemed", "0".to_owned()),
         ("starts_ms", spec.starts_at_ms.to_string()),
         ("ends_ms", spec.ends_at_ms.to_string()),
         ("per_phone", l.per_phone.unwrap_or(0).to_string()),
         ("per_device", l.per_device.unwrap_or(0).to_string()),
         ("per_ip", l.per_ip.unwrap_or(0).to_string()),
         ("valid_ms", spec.valid_ms().to_string()),
+        ("rollout", spec.rollout_percent.to_string()),
+        ("low_at", spec.low_stock_at().to_string()),
+        (
+            "webhook",
+            if spec.alerts.webhook_url.is_some() {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+        ),
     ])
+}
+
+/// The meta hash of a new campaign.
+fn record_fields(
+    spec: &CampaignSpec,
+    no: u32,
+    state: State,
+) -> Result<Vec<(&'static str, String)>> {
+    let mut f = spec_fields(spec)?;
+    f.extend([
+        ("state", state.as_str().to_owned()),
+        ("no", no.to_string()),
+        ("issued", "0".to_owned()),
+        ("redeemed", "0".to_owned()),
+        ("created_by", spec.created_by.clone()),
+        ("ver", "0".to_owned()),
+    ]);
+    Ok(f)
+}
+
+/// What a lifecycle transition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionOutcome {
+    Done,
+    NotFound,
+    /// The state was no longer the one read.
+    Moved(String),
+    /// The creator tried to approve.
+    Forbidden,
+}
+
+/// What a PATCH did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatchOutcome {
+    Done,
+    NotFound,
+    /// Changed since it was read.
+    Moved,
+    BelowIssued(i64),
 }
 
 impl Store {
@@ -88,14 +138,17 @@ impl Store {
 
     /// Creates the campaign once; with `idem`, a retry of the same request
     /// replays and another request under the same key is refused.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_campaign(
         &self,
         keys: &CampaignKeys,
         spec: &CampaignSpec,
         no: u32,
+        state: State,
+        now_ms: i64,
         idem: Option<CreateIdem>,
     ) -> Result<CreateOutcome> {
-        let fields = record_fields(spec, no)?;
+        let fields = record_fields(spec, no, state)?;
         let (digest, fp, ttl) = match &idem {
             Some(i) => (
                 i.digest.as_str(),
@@ -105,16 +158,21 @@ impl Store {
             None => ("none", "", "1".to_owned()),
         };
         let idem_key = keys.idempotency(digest);
-        let meta = keys.meta();
+        let (meta, audit) = (keys.meta(), keys.audit());
         // The replay record is the spec itself: the answer is rebuilt from it.
         let record = &fields[0].1;
-        let mut args: Vec<&str> = vec![fp, &ttl, record];
+        let now = now_ms.to_string();
+        let mut args: Vec<&str> = vec![fp, &ttl, record, &spec.created_by, &now];
         for (k, v) in &fields {
             args.push(k);
             args.push(v.as_str());
         }
         let out = self
-            .script(&scripts::CREATE_CAMPAIGN, &[&meta, &idem_key], &args)
+            .script(
+                &scripts::CREATE_CAMPAIGN,
+                &[&meta, &idem_key, &audit],
+                &args,
+            )
             .await?;
         match out.first().map(String::as_str) {
             Some("ok") => Ok(CreateOutcome::Created),
@@ -130,9 +188,9 @@ impl Store {
     pub async fn campaign(&self, keys: &CampaignKeys) -> Result<Option<StoredCampaign>> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(keys.meta())
-            .arg(&["spec", "state", "no", "issued", "redeemed"]);
+            .arg(&["spec", "state", "no", "issued", "redeemed", "ver"]);
         let v: Vec<Option<String>> = self.query(cmd).await?;
-        let [spec, state, no, issued, redeemed] = <[Option<String>; 5]>::try_from(v)
+        let [spec, state, no, issued, redeemed, ver] = <[Option<String>; 6]>::try_from(v)
             .map_err(|v| StoreError::Protocol(format!("HMGET: {v:?}")))?;
         let Some(spec_json) = spec else {
             return Ok(None);
@@ -143,6 +201,134 @@ impl Store {
             no: parse(no.as_ref(), "campaign number")?,
             issued: parse(issued.as_ref(), "issued")?,
             redeemed: parse(redeemed.as_ref(), "redeemed")?,
+            ver: ver.as_deref().unwrap_or("0").to_owned(),
         }))
+    }
+
+    /// Moves `from` -> `to` if the state is still `from`, with the audit
+    /// entry (and the webhook `event`, if any) in the same step.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn transition(
+        &self,
+        keys: &CampaignKeys,
+        from: State,
+        to: State,
+        action: Action,
+        actor: &str,
+        now_ms: i64,
+        reason: &str,
+        four_eyes: bool,
+        event: &str,
+    ) -> Result<TransitionOutcome> {
+        let (meta, audit, outbox) = (keys.meta(), keys.audit(), keys.outbox());
+        let now = now_ms.to_string();
+        let out = self
+            .script(
+                &scripts::TRANSITION,
+                &[&meta, &audit, &outbox],
+                &[
+                    from.as_str(),
+                    to.as_str(),
+                    action.as_str(),
+                    actor,
+                    &now,
+                    reason,
+                    if four_eyes { "1" } else { "0" },
+                    event,
+                ],
+            )
+            .await?;
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => TransitionOutcome::Done,
+            Some("not_found") => TransitionOutcome::NotFound,
+            Some("moved") => TransitionOutcome::Moved(out.get(1).cloned().unwrap_or_default()),
+            Some("forbidden") => TransitionOutcome::Forbidden,
+            _ => return Err(StoreError::Protocol(format!("transition: {out:?}"))),
+        })
+    }
+
+    /// Writes a patched spec if the campaign is still at version `ver`.
+    pub async fn patch_campaign(
+        &self,
+        keys: &CampaignKeys,
+        ver: &str,
+        spec: &CampaignSpec,
+        actor: &str,
+        now_ms: i64,
+        detail: &str,
+    ) -> Result<PatchOutcome> {
+        let fields = spec_fields(spec)?;
+        let (meta, audit) = (keys.meta(), keys.audit());
+        let (stock, now) = (spec.stock.to_string(), now_ms.to_string());
+        let mut args: Vec<&str> = vec![ver, &stock, actor, &now, detail];
+        for (k, v) in &fields {
+            args.push(k);
+            args.push(v.as_str());
+        }
+        let out = self
+            .script(&scripts::PATCH_CAMPAIGN, &[&meta, &audit], &args)
+            .await?;
+        Ok(match out.first().map(String::as_str) {
+            Some("ok") => PatchOutcome::Done,
+            Some("not_found") => PatchOutcome::NotFound,
+            Some("moved") => PatchOutcome::Moved,
+            Some("below_issued") => PatchOutcome::BelowIssued(parse(out.get(1), "issued")?),
+            _ => return Err(StoreError::Protocol(format!("patch: {out:?}"))),
+        })
+    }
+}
+
+/// Whose an `Idempotency-Key` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOwner {
+    /// This request (or a retry of it) holds the key; with the first
+    /// answer when one was recorded.
+    Mine(Option<String>),
+    /// The key was first sent with another request.
+    Other,
+}
+
+impl Store {
+    /// Claims `key` for the request `fingerprint` (across every campaign),
+    /// or says whose it is: one `SET NX` plus, for a retry, one `GET`.
+    pub async fn own_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        ttl_secs: u64,
+    ) -> Result<KeyOwner> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(fingerprint)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs)
+            .arg("GET");
+        let prev: Option<String> = self.query(cmd).await?;
+        Ok(match prev {
+            None => KeyOwner::Mine(None),
+            Some(p) => match p.split_once('|') {
+                Some((fp, answer)) if fp == fingerprint => KeyOwner::Mine(Some(answer.to_owned())),
+                None if p == fingerprint => KeyOwner::Mine(None),
+                _ => KeyOwner::Other,
+            },
+        })
+    }
+
+    /// Records the first answer under an owned key (for uses cases whose
+    /// effect has no record of its own, like a rollback).
+    pub async fn record_idempotent_answer(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: &str,
+        ttl_secs: u64,
+    ) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(format!("{fingerprint}|{answer}"))
+            .arg("EX")
+            .arg(ttl_secs);
+        self.query(cmd).await
     }
 }

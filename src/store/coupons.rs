@@ -18,6 +18,8 @@ pub enum ClaimOutcome {
     NotFound,
     NotActive(String),
     SoldOut,
+    /// Outside a condition the script checks (the staged rollout).
+    NotEligible(String),
     Limit(Quota),
     KeyReused,
 }
@@ -55,6 +57,8 @@ pub struct CodeState {
     pub campaign_state: Option<String>,
     /// The claim's expiry (ms; 0: never), if the code was issued.
     pub claim_expires_ms: Option<i64>,
+    /// The claimer's phone pseudonym (none for bulk codes).
+    pub claimer: Option<String>,
     pub redeemed: bool,
 }
 
@@ -78,6 +82,8 @@ impl Store {
         device: &Pseudonym,
         ip: &Pseudonym,
         idem: &Idem,
+        rollout_bucket: u8,
+        channel: &str,
     ) -> Result<ClaimOutcome> {
         let k = [
             keys.meta(),
@@ -86,8 +92,11 @@ impl Store {
             keys.quota_ip(),
             keys.claims(),
             keys.idempotency(&idem.digest),
+            keys.outbox(),
+            keys.stats(),
         ];
         let (now, ttl) = (now_ms.to_string(), idem.ttl_secs.to_string());
+        let bucket = rollout_bucket.to_string();
         let keep = if idem.keep_rejections { "1" } else { "0" };
         let out = self
             .script(
@@ -101,6 +110,8 @@ impl Store {
                     &idem.fingerprint,
                     &ttl,
                     keep,
+                    &bucket,
+                    channel,
                 ],
             )
             .await?;
@@ -114,6 +125,7 @@ impl Store {
             Some("not_found") => ClaimOutcome::NotFound,
             Some("not_active") => ClaimOutcome::NotActive(out.get(1).cloned().ok_or_else(bad)?),
             Some("sold_out") => ClaimOutcome::SoldOut,
+            Some("not_eligible") => ClaimOutcome::NotEligible(out.get(1).cloned().ok_or_else(bad)?),
             Some("limit") => {
                 ClaimOutcome::Limit(out.get(1).and_then(|q| Quota::parse(q)).ok_or_else(bad)?)
             }
@@ -139,6 +151,8 @@ impl Store {
             keys.claims(),
             keys.redemptions(),
             keys.idempotency(&idem.digest),
+            keys.batches(),
+            keys.stats(),
         ];
         let (now, serial, discount, ttl) = (
             now_ms.to_string(),
@@ -212,7 +226,12 @@ impl Store {
     }
 
     pub async fn code_state(&self, keys: &CampaignKeys, serial: u64) -> Result<CodeState> {
-        let k = [keys.meta(), keys.claims(), keys.redemptions()];
+        let k = [
+            keys.meta(),
+            keys.claims(),
+            keys.redemptions(),
+            keys.batches(),
+        ];
         let serial = serial.to_string();
         let out = self
             .script(
@@ -221,12 +240,13 @@ impl Store {
                 &[&serial],
             )
             .await?;
-        // A claim record is 'phone|device|ip|claimed_ms|expires_ms'.
-        let claim_expires_ms = match out.get(1).filter(|s| !s.is_empty()) {
+        // A claim record is 'phone|device|ip|claimed_ms|expires_ms[|channel]'.
+        let record = out.get(1).filter(|s| !s.is_empty());
+        let field = |i: usize| record.and_then(|r| r.split('|').nth(i));
+        let claim_expires_ms = match record {
             None => None,
-            Some(rec) => Some(
-                rec.rsplit('|')
-                    .next()
+            Some(_) => Some(
+                field(4)
                     .and_then(|e| e.parse().ok())
                     .ok_or_else(|| StoreError::Protocol("corrupt claim record".into()))?,
             ),
@@ -234,6 +254,7 @@ impl Store {
         Ok(CodeState {
             campaign_state: out.first().filter(|s| !s.is_empty()).cloned(),
             claim_expires_ms,
+            claimer: field(0).filter(|p| !p.is_empty()).map(str::to_owned),
             redeemed: out.get(2).is_some_and(|s| !s.is_empty()),
         })
     }

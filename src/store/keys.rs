@@ -11,6 +11,12 @@
 //! | `st:{c}:redemptions` | hash | serial -> redemption record (order, time, discount, store) |
 //! | `st:{c}:rollbacks` | hash | serial -> last undone redemption |
 //! | `st:{c}:idem:<digest>` | string | idempotency record, with a TTL |
+//! | `st:{c}:audit` | stream | the campaign's audit trail (create, transitions, patches, bulk codes) |
+//! | `st:{c}:outbox` | stream | webhook events, written by the script that crosses the threshold |
+//! | `st:{c}:stats` | hash | refusals by code and limit, claims per minute, redemptions by store and channel |
+//! | `st:{c}:batches` | zset | bulk code reservations: first serial -> `first|count|created_ms|expires_ms` |
+//! | `st:{k:<digest>}` | string | an `Idempotency-Key` claimed by one request of one caller (any campaign) |
+//! | `st:{webhooks}` | set | ids of campaigns with a webhook (the outbox worker's list) |
 //! | `st:campaign-seq` | string | last campaign number handed out |
 //! | `st:campaign-no:<n>` | string | campaign id of number `n` (codes carry the number) |
 //! | `st:{r:<k>}:<rule>` | hash | a rate rule's buckets, violations and ban level for one rule key |
@@ -68,6 +74,24 @@ impl CampaignKeys {
     pub fn rollbacks(&self) -> String {
         self.key("rollbacks")
     }
+    pub fn audit(&self) -> String {
+        self.key("audit")
+    }
+    pub fn outbox(&self) -> String {
+        self.key("outbox")
+    }
+    pub fn stats(&self) -> String {
+        self.key("stats")
+    }
+    pub fn batches(&self) -> String {
+        self.key("batches")
+    }
+    /// The campaign id back from any of its keys.
+    pub fn campaign_of(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = open + key[open..].find('}')?;
+        Some(&key[open + 1..close])
+    }
     /// `digest` is already a hash of the caller's key (never the raw header).
     pub fn idempotency(&self, digest: &str) -> String {
         self.key(&format!("idem:{digest}"))
@@ -87,6 +111,15 @@ pub fn rule_tag(key: &str) -> &str {
     key.find('{')
         .and_then(|o| key[o..].find('}').map(|c| &key[o + 1..o + c]))
         .unwrap_or(key)
+}
+
+/// Where one caller's `Idempotency-Key` is claimed across campaigns.
+pub fn idempotency_owner(digest: &str) -> String {
+    format!("st:{{k:{digest}}}")
+}
+
+pub fn webhooks() -> &'static str {
+    "st:{webhooks}"
 }
 
 pub fn bans() -> &'static str {
@@ -128,6 +161,10 @@ mod tests {
             k.redemptions(),
             k.rollbacks(),
             k.idempotency("abc"),
+            k.audit(),
+            k.outbox(),
+            k.stats(),
+            k.batches(),
         ] {
             assert_eq!(hash_tag(&key), "double11-20off", "{key}");
         }

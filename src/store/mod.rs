@@ -16,6 +16,7 @@ pub mod coupons;
 pub mod keys;
 pub mod managed;
 pub mod redis;
+pub mod reports;
 pub mod rules;
 pub mod scripts;
 

@@ -19,10 +19,12 @@ script!(ROLLBACK, "rollback.lua");
 script!(INSPECT_CODE, "inspect_code.lua");
 script!(CREATE_CAMPAIGN, "create_campaign.lua");
 script!(RULES, "rules.lua");
+script!(TRANSITION, "transition.lua");
+script!(PATCH_CAMPAIGN, "patch_campaign.lua");
 script!(BAN, "ban.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 7] {
+pub fn all() -> [&'static Script; 9] {
     [
         &CLAIM,
         &REDEEM,
@@ -31,5 +33,7 @@ pub fn all() -> [&'static Script; 7] {
         &CREATE_CAMPAIGN,
         &RULES,
         &BAN,
+        &TRANSITION,
+        &PATCH_CAMPAIGN,
     ]
 }

@@ -330,6 +330,15 @@ fn snapshot(conn: &mut redis::Connection, id: &str) -> Vec<(String, String, Vec<
                 }
                 "string" => vec![redis::cmd("GET").arg(&k).query(conn).unwrap()],
                 "set" => redis::cmd("SMEMBERS").arg(&k).query(conn).unwrap(),
+                "stream" => {
+                    let e: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                        .arg(&k)
+                        .arg("-")
+                        .arg("+")
+                        .query(conn)
+                        .unwrap();
+                    e.into_iter().map(|(id, f)| format!("{id}={f:?}")).collect()
+                }
                 other => panic!("unexpected type {other}"),
             };
             v.sort();

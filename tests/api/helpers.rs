@@ -366,6 +366,11 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// `post` with owned arguments (for closures that return the future).
+    pub async fn post_owned(&self, path: String, body: Value) -> reqwest::Response {
+        self.post(&path, &body).await
+    }
+
     /// `/metrics` as text.
     pub async fn metrics(&self) -> String {
         self.get("/metrics").await.text().await.expect("metrics")

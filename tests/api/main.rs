@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod lifecycle;
 mod limits;
 mod problems;
 mod redemptions;

@@ -74,7 +74,7 @@ async fn every_client_error_is_a_problem_with_a_stable_code() {
     assert_problem(
         app.post(
             "/v1/campaigns",
-            &json!({"name": "x", "stock": 1, "require_approval": true}),
+            &json!({"name": "x", "stock": 1, "require_approvals": true}),
         )
         .await,
         400,

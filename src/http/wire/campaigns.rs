@@ -3,9 +3,14 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::campaign::{CampaignDraft, CampaignSpec, Coupon, CouponDraft, Limits, Status};
+use crate::domain::campaign::{
+    Alerts, CampaignDraft, CampaignPatch, CampaignSpec, Coupon, CouponDraft, Limits, Status,
+};
 use crate::domain::clock::{from_ms, rfc3339};
-use crate::http::wire::schemas::{CouponSchema, LimitsSchema, StatusSchema};
+use crate::domain::eligibility::Eligibility;
+use crate::http::wire::schemas::{
+    AlertsSchema, CouponSchema, EligibilitySchema, LimitsSchema, StatusSchema,
+};
 
 /// The coupon's terms as sent; validated by the domain.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -52,6 +57,22 @@ pub struct CreateCampaignRequest {
     /// A claimed coupon expires this many days after its claim.
     #[schema(minimum = 1, maximum = 3650)]
     pub valid_for_days: Option<i64>,
+    /// Start as a `draft`: nothing can be claimed until it is submitted.
+    pub draft: Option<bool>,
+    /// Starts as `pending_approval` (or goes there on submit); another key must approve.
+    pub require_approval: Option<bool>,
+    /// Claims from other channels: `422 not_eligible`.
+    #[schema(example = json!(["miniapp", "app"]))]
+    pub channels: Option<Vec<String>>,
+    /// Staged rollout: only this share of phones (a stable hash of the pseudonymized phone) may claim yet.
+    #[schema(minimum = 1, maximum = 100)]
+    pub rollout_percent: Option<i64>,
+    /// Redemption must come with the claimer's phone.
+    pub bind_to_claimer: Option<bool>,
+    #[schema(value_type = Option<EligibilitySchema>)]
+    pub eligibility: Option<Eligibility>,
+    #[schema(value_type = Option<AlertsSchema>)]
+    pub alerts: Option<Alerts>,
 }
 
 impl From<CreateCampaignRequest> for CampaignDraft {
@@ -72,8 +93,57 @@ impl From<CreateCampaignRequest> for CampaignDraft {
                 min_order_amount: c.min_order_amount,
             }),
             valid_for_days: r.valid_for_days,
+            draft: r.draft,
+            require_approval: r.require_approval,
+            channels: r.channels,
+            rollout_percent: r.rollout_percent,
+            bind_to_claimer: r.bind_to_claimer,
+            eligibility: r.eligibility,
+            alerts: r.alerts,
         }
     }
+}
+
+/// `PATCH /v1/campaigns/{id}`: every field optional; what is absent stays.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchCampaignRequest {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: Option<String>,
+    /// Never below what is issued.
+    #[schema(minimum = 1, maximum = 4294967295i64)]
+    pub stock: Option<i64>,
+    pub starts_at: Option<String>,
+    /// RFC 3339, or `""` to remove the end.
+    pub ends_at: Option<String>,
+    #[schema(value_type = Option<LimitsSchema>)]
+    pub limits: Option<Limits>,
+    #[schema(value_type = Option<AlertsSchema>)]
+    pub alerts: Option<Alerts>,
+    #[schema(minimum = 1, maximum = 100)]
+    pub rollout_percent: Option<i64>,
+}
+
+impl From<PatchCampaignRequest> for CampaignPatch {
+    fn from(r: PatchCampaignRequest) -> Self {
+        CampaignPatch {
+            name: r.name,
+            stock: r.stock,
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+            limits: r.limits,
+            alerts: r.alerts,
+            rollout_percent: r.rollout_percent,
+        }
+    }
+}
+
+/// `POST /v1/campaigns/{id}/{action}`: an optional reason for the audit trail.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRequest {
+    #[schema(max_length = 500, example = "finance approved budget B-17")]
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/campaigns/{id}`.
@@ -98,6 +168,19 @@ pub struct CampaignView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_for_days: Option<i64>,
     pub created_at: String,
+    /// The API key that created it.
+    pub created_by: String,
+    pub require_approval: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    pub rollout_percent: i64,
+    pub bind_to_claimer: bool,
+    #[serde(skip_serializing_if = "Eligibility::is_empty")]
+    #[schema(value_type = EligibilitySchema)]
+    pub eligibility: Eligibility,
+    #[serde(skip_serializing_if = "Alerts::is_empty")]
+    #[schema(value_type = AlertsSchema)]
+    pub alerts: Alerts,
 }
 
 impl CampaignView {
@@ -116,13 +199,28 @@ impl CampaignView {
             coupon: spec.coupon.clone(),
             valid_for_days: spec.valid_for_days,
             created_at: rfc3339(from_ms(spec.created_at_ms)),
+            created_by: spec.created_by.clone(),
+            require_approval: spec.require_approval,
+            channels: spec.channels.clone(),
+            rollout_percent: spec.rollout_percent,
+            bind_to_claimer: spec.bind_to_claimer,
+            eligibility: spec.eligibility.clone(),
+            alerts: spec.alerts.clone(),
         }
+    }
+
+    /// The status as its API word.
+    pub fn status_str(&self) -> String {
+        serde_json::to_value(self.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     /// The first answer of a create, rebuilt identically for its replay: a
     /// new campaign has issued and redeemed nothing, and its status is the
     /// one it had at its creation time.
     pub fn created(spec: &CampaignSpec) -> Self {
-        Self::new(spec, "active", 0, 0, spec.created_at_ms)
+        Self::new(spec, &spec.initial_state, 0, 0, spec.created_at_ms)
     }
 }

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 
 use crate::domain::campaign::{CampaignId, Coupon};
 use crate::domain::clock::{from_ms, rfc3339};
+use crate::domain::eligibility::{Customer, OrderFacts, OrderItem};
 use crate::domain::error::{Errors, amount_field, visible_field};
 use crate::domain::identity::{DeviceId, Phone};
 use crate::error::ApiError;
@@ -144,6 +145,65 @@ pub struct RedeemRequest {
     /// Where the code was redeemed (offline), 1..64 visible ASCII characters.
     #[schema(example = "sh-jingan-01", pattern = "^[!-~]{1,64}$")]
     pub store_id: Option<String>,
+    /// The order's lines, when the campaign's eligibility needs them.
+    #[schema(max_items = 1000)]
+    pub items: Option<Vec<OrderItemRequest>>,
+    /// The customer, when the campaign's eligibility needs it.
+    pub customer: Option<CustomerRequest>,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItemRequest {
+    #[schema(required = true, example = "sku-1", pattern = "^[!-~]{1,128}$")]
+    pub sku: Option<String>,
+    #[schema(example = "milk", pattern = "^[!-~]{1,128}$")]
+    pub category: Option<String>,
+    /// Minor units, the whole line.
+    #[schema(example = 12900, minimum = 0, maximum = 1000000000000i64)]
+    pub amount: Option<i64>,
+}
+
+/// The customer placing the order.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerRequest {
+    pub is_new: Option<bool>,
+    #[schema(example = "gold", pattern = "^[!-~]{1,64}$")]
+    pub tier: Option<String>,
+}
+
+/// The order facts eligibility is judged on.
+fn order_facts(
+    items: Option<Vec<OrderItemRequest>>,
+    customer: Option<CustomerRequest>,
+    errs: &mut Errors,
+) -> OrderFacts {
+    let items = items.unwrap_or_default();
+    if items.len() > 1000 {
+        errs.push("items", "at most 1000 items");
+    }
+    let items = items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, it)| {
+            let f = |name: &str| format!("items[{i}].{name}");
+            let sku = visible_field(&f("sku"), it.sku.as_deref(), 128, true, errs)?;
+            let category = visible_field(&f("category"), it.category.as_deref(), 128, false, errs);
+            let amount = amount_field(&f("amount"), it.amount, errs);
+            Some(OrderItem {
+                sku,
+                category,
+                amount,
+            })
+        })
+        .collect();
+    let customer = customer.map(|c| Customer {
+        is_new: c.is_new,
+        tier: visible_field("customer.tier", c.tier.as_deref(), 64, false, errs),
+    });
+    OrderFacts { items, customer }
 }
 
 impl RedeemRequest {
@@ -154,6 +214,7 @@ impl RedeemRequest {
         let store_id = visible_field("store_id", self.store_id.as_deref(), 64, false, &mut errs);
         let order_amount = amount_field("order_amount", self.order_amount, &mut errs);
         let phone = optional_phone(self.phone.as_deref(), region, &mut errs);
+        let order = order_facts(self.items, self.customer, &mut errs);
         match order_id {
             Some(order_id) if errs.0.is_empty() => Ok(RedeemCommand {
                 code,
@@ -161,6 +222,7 @@ impl RedeemRequest {
                 order_amount,
                 phone,
                 store_id,
+                order,
             }),
             _ => Err(ApiError::InvalidRequest(errs.0)),
         }
@@ -247,6 +309,9 @@ pub struct ValidateRequest {
     #[schema(minimum = 0, maximum = 1000000000000i64)]
     pub order_amount: Option<i64>,
     pub phone: Option<String>,
+    #[schema(max_items = 1000)]
+    pub items: Option<Vec<OrderItemRequest>>,
+    pub customer: Option<CustomerRequest>,
 }
 
 impl ValidateRequest {
@@ -255,10 +320,12 @@ impl ValidateRequest {
         let code = require_code(self.code.as_deref(), &mut errs);
         let order_amount = amount_field("order_amount", self.order_amount, &mut errs);
         let phone = optional_phone(self.phone.as_deref(), region, &mut errs);
+        let order = order_facts(self.items, self.customer, &mut errs);
         errs.finish(ValidateCommand {
             code,
             order_amount,
             phone,
+            order,
         })
         .map_err(ApiError::InvalidRequest)
     }

@@ -11,9 +11,12 @@
 pub mod campaigns;
 pub mod coupons;
 pub mod limits;
+pub mod reports;
 pub mod schemas;
 
-pub use campaigns::{CampaignView, CouponRequest, CreateCampaignRequest};
+pub use campaigns::{
+    CampaignView, CouponRequest, CreateCampaignRequest, PatchCampaignRequest, TransitionRequest,
+};
 pub use coupons::{
     ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
     ValidateRequest, ValidateResponse,

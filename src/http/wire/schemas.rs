@@ -60,3 +60,27 @@ pub struct FieldErrorSchema {
     /// What is wrong with it.
     pub message: String,
 }
+
+/// Who may use the coupon, judged on redeem and validate against the order.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[schema(as = Eligibility)]
+pub struct EligibilitySchema {
+    pub new_customers_only: Option<bool>,
+    #[schema(example = json!(["sku-1"]))]
+    pub skus: Option<Vec<String>>,
+    #[schema(example = json!(["milk"]))]
+    pub categories: Option<Vec<String>>,
+    #[schema(example = json!(["gold"]))]
+    pub member_tiers: Option<Vec<String>>,
+}
+
+/// Low-stock alert and webhook destination.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[schema(as = Alerts)]
+pub struct AlertsSchema {
+    #[schema(minimum = 1, maximum = 99, example = 10)]
+    pub low_stock_percent: Option<i64>,
+    /// `https` to a public address (or loopback `http` when `webhook_allow_loopback`).
+    #[schema(example = "https://ops.example/hooks/stock")]
+    pub webhook_url: Option<String>,
+}

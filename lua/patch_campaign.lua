@@ -1,0 +1,40 @@
+--[[ patch_campaign.lua: apply a PATCH to a campaign, with its audit entry,
+as a compare-and-set on the campaign's version.
+
+The service reads the campaign (spec and `ver`), builds the new spec and the
+fields it flattens to, and sends them; this script applies them only if
+nobody changed the campaign in between, and never lets the stock fall below
+what is issued.
+
+KEYS (the campaign's hash tag)
+  1  meta    hash    2  audit   stream
+ARGV
+  1  expected ver     2  new stock     3  actor     4  now_ms     5  detail (what changed)
+  6.. field, value pairs for the meta hash (the new `spec` among them)
+RETURNS
+  {'ok', ver}       applied; the new version
+  {'not_found'}
+  {'moved'}         changed since it was read (the service retries)
+  {'below_issued', issued}
+
+ATOMICITY: types and every value checked first; HSET, HINCRBY and XADD cannot fail.
+]]
+local t1, t2 = redis.call('TYPE', KEYS[1])['ok'], redis.call('TYPE', KEYS[2])['ok']
+if (t1 ~= 'none' and t1 ~= 'hash') or (t2 ~= 'none' and t2 ~= 'stream') then
+  return redis.error_reply('WRONGTYPE patch_campaign.lua: unexpected key types')
+end
+if #ARGV < 7 or (#ARGV - 5) % 2 ~= 0 or not tonumber(ARGV[2]) or not tonumber(ARGV[4]) then
+  return redis.error_reply('ERR patch_campaign.lua: bad arguments')
+end
+local m = redis.call('HMGET', KEYS[1], 'ver', 'issued')
+if not m[2] then return {'not_found'} end
+if (m[1] or '0') ~= ARGV[1] then return {'moved'} end
+local issued = tonumber(m[2])
+if not issued then return redis.error_reply('ERR patch_campaign.lua: corrupt counter') end
+if tonumber(ARGV[2]) < issued then return {'below_issued', tostring(issued)} end
+
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'at_ms', ARGV[4], 'actor', ARGV[3],
+  'action', 'campaign.patch', 'target', string.match(KEYS[1], '{(.-)}'), 'reason', '', 'detail', ARGV[5])
+return {'ok', tostring(ver)}

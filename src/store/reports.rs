@@ -1,0 +1,87 @@
+//! Reads for people: a campaign's stats hash and the audit streams, and the
+//! list of campaigns whose outbox a webhook worker drains.
+
+use crate::store::keys::{self, CampaignKeys};
+use crate::store::redis::{Result, Store};
+use crate::store::rules::AuditEntry;
+
+/// One page of an audit stream, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    pub entries: Vec<(String, AuditEntry)>,
+    /// Pass back as `cursor` for the next (older) page.
+    pub next: Option<String>,
+}
+
+fn entry(fields: Vec<(String, String)>) -> AuditEntry {
+    let mut e = AuditEntry::default();
+    for (k, v) in fields {
+        match k.as_str() {
+            "at_ms" => e.at_ms = v.parse().unwrap_or(0),
+            "actor" => e.actor = v,
+            "action" => e.action = v,
+            "target" => e.target = v,
+            "reason" => e.reason = v,
+            "detail" => e.detail = v,
+            _ => {}
+        }
+    }
+    e
+}
+
+impl Store {
+    /// Every field of a campaign's stats hash.
+    pub async fn stats(&self, keys: &CampaignKeys) -> Result<Vec<(String, i64)>> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(keys.stats());
+        self.query(cmd).await
+    }
+
+    /// Counts a refusal decided outside the claim script (a rate rule:
+    /// `rule:<name>`; a channel: `rej:channel`) on a campaign's stats.
+    pub async fn count_refusal(&self, keys: &CampaignKeys, field: &str) -> Result<()> {
+        let mut cmd = redis::cmd("HINCRBY");
+        cmd.arg(keys.stats()).arg(field).arg(1);
+        self.query::<i64>(cmd).await.map(|_| ())
+    }
+
+    /// A page of `stream`, newest first, starting before `cursor` (an entry id).
+    pub async fn audit_page(
+        &self,
+        stream: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AuditPage> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(stream)
+            .arg(cursor.map_or("+".to_owned(), |c| format!("({c}")))
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit + 1);
+        let raw: Vec<(String, Vec<(String, String)>)> = self.query(cmd).await?;
+        let more = raw.len() > limit;
+        let entries: Vec<(String, AuditEntry)> = raw
+            .into_iter()
+            .take(limit)
+            .map(|(id, f)| (id, entry(f)))
+            .collect();
+        let next = more
+            .then(|| entries.last().map(|(id, _)| id.clone()))
+            .flatten();
+        Ok(AuditPage { entries, next })
+    }
+
+    /// Adds a campaign to the webhook worker's list.
+    pub async fn watch_webhooks(&self, campaign: &str) -> Result<()> {
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(keys::webhooks()).arg(campaign);
+        self.query::<i64>(cmd).await.map(|_| ())
+    }
+
+    /// The campaigns with a webhook.
+    pub async fn webhook_campaigns(&self) -> Result<Vec<String>> {
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(keys::webhooks());
+        self.query(cmd).await
+    }
+}
