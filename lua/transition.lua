@@ -6,7 +6,7 @@ state, computes the target, and sends both): this script is its
 compare-and-set, so two racing actions cannot both apply.
 
 KEYS (the campaign's hash tag)
-  1  meta    hash    `state`, `created_by`, `webhook`, `ver`
+  1  meta    hash    `state`, `created_by`, `webhook`, `ver`, `ended_fired`
   2  audit   stream  the campaign's audit trail
   3  outbox  stream  webhook events
 ARGV
@@ -45,6 +45,7 @@ redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'at_ms', ARGV[5], 'actor', ARGV[4],
   'action', 'campaign.' .. ARGV[3], 'target', string.match(KEYS[1], '{(.-)}'), 'reason', ARGV[6],
   'detail', ARGV[1] .. ' -> ' .. ARGV[2])
+if ARGV[8] == 'campaign.ended' then redis.call('HSET', KEYS[1], 'ended_fired', '1') end
 if ARGV[8] ~= '' and m[3] == '1' then
   local remaining = math.max(0, (tonumber(m[4]) or 0) - (tonumber(m[5]) or 0))
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', ARGV[8],
