@@ -14,7 +14,8 @@ ARGV
   3  action    4  actor (API key name)         5  now_ms
   6  reason    ('' for none)
   7  four_eyes '1': the actor may not be the campaign's creator
-  8  event     webhook event to emit ('' for none), e.g. 'campaign.ended'
+  8  event     webhook event to emit ('' for none), e.g. 'campaign.ended' (skipped
+               when `ended_fired` is already '1')
 RETURNS
   {'ok'}                    moved, audited
   {'not_found'}
@@ -35,7 +36,8 @@ if err then return err end
 if #ARGV ~= 8 or not tonumber(ARGV[5]) then
   return redis.error_reply('ERR transition.lua: bad arguments')
 end
-local m = redis.call('HMGET', KEYS[1], 'state', 'created_by', 'webhook', 'stock', 'issued')
+local m = redis.call('HMGET', KEYS[1], 'state', 'created_by', 'webhook', 'stock', 'issued',
+  'ended_fired')
 if not m[1] then return {'not_found'} end
 if m[1] ~= ARGV[1] then return {'moved', m[1]} end
 if ARGV[7] == '1' and m[2] == ARGV[4] then return {'forbidden'} end
@@ -45,10 +47,16 @@ redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'at_ms', ARGV[5], 'actor', ARGV[4],
   'action', 'campaign.' .. ARGV[3], 'target', string.match(KEYS[1], '{(.-)}'), 'reason', ARGV[6],
   'detail', ARGV[1] .. ' -> ' .. ARGV[2])
-if ARGV[8] == 'campaign.ended' then redis.call('HSET', KEYS[1], 'ended_fired', '1') end
-if ARGV[8] ~= '' and m[3] == '1' then
+-- `campaign.ended` fires once: expire_campaign.lua may have sent it when
+-- `ends_at` passed, before anyone called `end`.
+local event = ARGV[8]
+if event == 'campaign.ended' then
+  if m[6] == '1' then event = '' end
+  redis.call('HSET', KEYS[1], 'ended_fired', '1')
+end
+if event ~= '' and m[3] == '1' then
   local remaining = math.max(0, (tonumber(m[4]) or 0) - (tonumber(m[5]) or 0))
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', ARGV[8],
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', event,
     'stock', m[4] or '0', 'remaining', tostring(remaining), 'at_ms', ARGV[5])
 end
 return {'ok'}

@@ -17,7 +17,8 @@
 //!   IPv6 prefix) resolved once for every route, the in-process flood shield (governor),
 //!   block/allow lists, the in-process view of bans, and the rules engine (which rules
 //!   apply, their keys, one script call per hash slot, RateLimit headers, bans).
-//! - [`worker`]: background loops: the rules-file watcher (notify) and the bans refresh.
+//! - [`worker`]: background loops: the rules-file watcher (notify), the bans refresh, and
+//!   webhook delivery (each campaign's outbox stream, at least once, SSRF-checked).
 //! - [`service`]: one file per use case (campaigns, claims, redemptions) plus the campaign
 //!   catalog and idempotency records: call the store, map the outcome to API errors.
 //! - [`domain`]: pure rules, no actix, no Redis, no utoipa: campaigns and coupons, codes

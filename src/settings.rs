@@ -64,6 +64,12 @@ pub struct Settings {
     pub limits_file: Option<PathBuf>,
     /// Let webhooks go to loopback `http` URLs (tests, local receivers).
     pub webhook_allow_loopback: bool,
+    /// Wait after a failed webhook delivery; doubles per attempt, up to 5 minutes.
+    pub webhook_retry_base_ms: u64,
+    /// How long an undelivered webhook event held by another replica (or a
+    /// process that died) sits idle before this one takes it over. Keep it
+    /// above the 5 s a delivery attempt may take.
+    pub webhook_claim_idle_ms: u64,
     /// HTTP worker threads; default: one per core.
     pub workers: Option<usize>,
     /// `text` or `json`.
@@ -94,6 +100,8 @@ impl Default for Settings {
             ipv6_prefix: 64,
             limits_file: None,
             webhook_allow_loopback: false,
+            webhook_retry_base_ms: 1000,
+            webhook_claim_idle_ms: 30_000,
             workers: None,
             log_format: "text".into(),
         }
@@ -277,7 +285,7 @@ impl Settings {
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str()).map_err(|e| invalid("redis_url", e.to_string()))?;
         }
-        let ranges: [(&'static str, u64, u64, u64); 6] = [
+        let ranges: [(&'static str, u64, u64, u64); 8] = [
             ("store_deadline_ms", self.store_deadline_ms, 10, 60_000),
             ("body_timeout_ms", self.body_timeout_ms, 100, 300_000),
             ("header_timeout_ms", self.header_timeout_ms, 100, 300_000),
@@ -294,6 +302,18 @@ impl Settings {
                 86_400,
             ),
             ("shutdown_grace_secs", self.shutdown_grace_secs, 0, 600),
+            (
+                "webhook_retry_base_ms",
+                self.webhook_retry_base_ms,
+                10,
+                300_000,
+            ),
+            (
+                "webhook_claim_idle_ms",
+                self.webhook_claim_idle_ms,
+                100,
+                3_600_000,
+            ),
         ];
         for (field, v, lo, hi) in ranges {
             if !(lo..=hi).contains(&v) {

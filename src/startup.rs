@@ -30,6 +30,7 @@ use crate::service::reports::ReportService;
 use crate::settings::Validated;
 use crate::store::Store;
 use crate::store::managed::{ManagedConfig, ManagedError, ManagedRedis};
+use crate::worker::webhooks::{WebhookConfig, Webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -56,6 +57,8 @@ pub struct Services {
     pub lifecycle: LifecycleService,
     pub reports: ReportService,
     pub guard: Arc<Guard>,
+    /// Webhook delivery (its signing key, its consumer name); the worker holds it weakly.
+    pub webhooks: Arc<Webhooks>,
     managed: Option<ManagedRedis>,
 }
 
@@ -136,6 +139,16 @@ impl Services {
                 Guard::new(&settings, store.clone(), ids.clone(), clock.clone())
                     .map_err(StartupError::Limits)?,
             ),
+            webhooks: Arc::new(Webhooks::new(
+                store.clone(),
+                clock.clone(),
+                secret.derive("webhook"),
+                WebhookConfig {
+                    policy,
+                    retry_base: std::time::Duration::from_millis(raw.webhook_retry_base_ms),
+                    claim_idle: std::time::Duration::from_millis(raw.webhook_claim_idle_ms),
+                },
+            )),
             store,
             clock,
             managed,
@@ -225,7 +238,7 @@ impl Application {
     /// Builds the [`Services`] and binds the listener.
     pub async fn build(settings: Validated, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let services = Arc::new(Services::build(settings, clock).await?);
-        crate::worker::start(&services.guard);
+        crate::worker::start(&services);
         let settings = &services.settings;
         let raw = &settings.raw;
         if settings.api_keys.is_empty() {

@@ -9,12 +9,14 @@
 //!   classes; [`campaigns`] owns the campaign record's schema; [`coupons`] the
 //!   claim / redeem / rollback scripts and their typed outcomes; [`rules`] the
 //!   rate-rule counters, bans and the audit stream.
+//! - [`outbox`] reads the webhook outboxes through their consumer group.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
 
 pub mod campaigns;
 pub mod coupons;
 pub mod keys;
 pub mod managed;
+pub mod outbox;
 pub mod redis;
 pub mod reports;
 pub mod rules;

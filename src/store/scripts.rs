@@ -22,9 +22,10 @@ script!(RULES, "rules.lua");
 script!(TRANSITION, "transition.lua");
 script!(PATCH_CAMPAIGN, "patch_campaign.lua");
 script!(BAN, "ban.lua");
+script!(EXPIRE_CAMPAIGN, "expire_campaign.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 9] {
+pub fn all() -> [&'static Script; 10] {
     [
         &CLAIM,
         &REDEEM,
@@ -35,5 +36,6 @@ pub fn all() -> [&'static Script; 9] {
         &BAN,
         &TRANSITION,
         &PATCH_CAMPAIGN,
+        &EXPIRE_CAMPAIGN,
     ]
 }

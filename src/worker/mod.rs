@@ -6,19 +6,24 @@
 //!   is installed, an invalid one rejected whole.
 //! - [`ban_refresh`]: the bans version, polled each second, and the shield's
 //!   idle buckets, forgotten each minute.
+//! - [`webhooks`]: the campaigns' outboxes, drained to their webhook URLs
+//!   (at least once, retried with backoff), and `campaign.ended` at `ends_at`.
 
 pub mod ban_refresh;
 pub mod limits_watch;
+pub mod webhooks;
 
 use std::sync::Arc;
 
-use crate::guard::Guard;
+use crate::startup::Services;
 
-/// Starts every loop for `guard` on the store's runtime.
-pub fn start(guard: &Arc<Guard>) {
+/// Starts every loop of `services` on the store's runtime.
+pub fn start(services: &Services) {
     let rt = crate::store::redis::redis_runtime();
+    let guard = &services.guard;
     rt.spawn(ban_refresh::run(Arc::downgrade(guard)));
     if let Some(path) = guard.file() {
         rt.spawn(limits_watch::run(Arc::downgrade(guard), path.to_path_buf()));
     }
+    rt.spawn(webhooks::run(Arc::downgrade(&services.webhooks)));
 }

@@ -15,3 +15,4 @@ mod lifecycle;
 mod limits;
 mod problems;
 mod redemptions;
+mod webhooks;
