@@ -20,6 +20,7 @@ use crate::domain::webhook::UrlPolicy;
 use crate::guard::Guard;
 use crate::http::body::BodyLimits;
 use crate::http::{AppState, app};
+use crate::service::bulk::BulkService;
 use crate::service::campaigns::CampaignService;
 use crate::service::catalog::Catalog;
 use crate::service::claims::ClaimService;
@@ -54,6 +55,7 @@ pub struct Services {
     pub campaigns: CampaignService,
     pub claims: ClaimService,
     pub redemptions: RedemptionService,
+    pub bulk: BulkService,
     pub lifecycle: LifecycleService,
     pub reports: ReportService,
     pub guard: Arc<Guard>,
@@ -125,6 +127,13 @@ impl Services {
                 idem.clone(),
                 codes.clone(),
                 ids.clone(),
+                clock.clone(),
+            ),
+            bulk: BulkService::new(
+                store.clone(),
+                catalog.clone(),
+                idem.clone(),
+                codes.clone(),
                 clock.clone(),
             ),
             redemptions: RedemptionService::new(

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod campaigns;
+pub mod codes;
 pub mod coupons;
 pub mod middleware;
 pub mod openapi;
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/v1/campaigns/{id}/stats").route(web::get().to(campaigns::stats)))
         .service(web::resource("/v1/campaigns/{id}/claims").route(web::post().to(coupons::claim)))
+        .service(web::resource("/v1/campaigns/{id}/codes").route(web::post().to(codes::create)))
         .service(web::resource("/v1/campaigns/{id}/{action}").route(web::post().to(campaigns::act)))
         .service(web::resource("/v1/audit").route(web::get().to(campaigns::audit)))
         .service(web::resource("/v1/redemptions").route(web::post().to(coupons::redeem)))

@@ -25,6 +25,7 @@ Every 4xx/5xx is application/problem+json with a stable `code`.",
         crate::http::campaigns::act,
         crate::http::campaigns::stats,
         crate::http::campaigns::audit,
+        crate::http::codes::create,
         crate::http::coupons::claim,
         crate::http::coupons::redeem,
         crate::http::coupons::rollback,
@@ -52,7 +53,8 @@ Every 4xx/5xx is application/problem+json with a stable `code`.",
         crate::http::wire::reports::MinuteCount, crate::http::wire::reports::RedemptionSplit,
         crate::http::wire::reports::AuditView, crate::http::wire::reports::AuditEntryView,
         crate::http::wire::coupons::OrderItemRequest, crate::http::wire::coupons::CustomerRequest,
-        crate::http::wire::schemas::EligibilitySchema, crate::http::wire::schemas::AlertsSchema
+        crate::http::wire::schemas::EligibilitySchema, crate::http::wire::schemas::AlertsSchema,
+        crate::http::wire::bulk::BulkCodesRequest
     )),
     modifiers(&Bearer),
 )]

@@ -9,12 +9,14 @@
 //!
 //! - [`campaigns`]: create and read campaigns.
 //! - [`claims`]: claim one coupon.
+//! - [`bulk`]: reserve bulk codes and stream them as CSV.
 //! - [`redemptions`]: redeem, roll back, validate a code (eligibility, bound codes).
 //! - [`lifecycle`]: submit, approve, reject, pause, resume, end; PATCH.
 //! - [`reports`]: stats and the audit trail.
 //! - [`catalog`]: the in-process cache of what never changes about a campaign.
 //! - [`idempotency`]: the record every script call carries (client key or server request id).
 
+pub mod bulk;
 pub mod campaigns;
 pub mod catalog;
 pub mod claims;

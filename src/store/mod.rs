@@ -8,10 +8,12 @@
 //! - [`redis`] is the connection with a deadline on every call, and the error
 //!   classes; [`campaigns`] owns the campaign record's schema; [`coupons`] the
 //!   claim / redeem / rollback scripts and their typed outcomes; [`rules`] the
-//!   rate-rule counters, bans and the audit stream.
+//!   rate-rule counters, bans and the audit stream; [`bulk`] the bulk-code
+//!   reservations.
 //! - [`outbox`] reads the webhook outboxes through their consumer group.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
 
+pub mod bulk;
 pub mod campaigns;
 pub mod coupons;
 pub mod keys;

@@ -23,9 +23,10 @@ script!(TRANSITION, "transition.lua");
 script!(PATCH_CAMPAIGN, "patch_campaign.lua");
 script!(BAN, "ban.lua");
 script!(EXPIRE_CAMPAIGN, "expire_campaign.lua");
+script!(RESERVE_CODES, "reserve_codes.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 10] {
+pub fn all() -> [&'static Script; 11] {
     [
         &CLAIM,
         &REDEEM,
@@ -37,5 +38,6 @@ pub fn all() -> [&'static Script; 10] {
         &TRANSITION,
         &PATCH_CAMPAIGN,
         &EXPIRE_CAMPAIGN,
+        &RESERVE_CODES,
     ]
 }

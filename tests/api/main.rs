@@ -4,6 +4,7 @@
 mod auth;
 mod bans;
 mod binary;
+mod bulk;
 mod claims;
 mod contract;
 mod embedded;

@@ -8,6 +8,7 @@
 //! [`schemas`]; the contract test (schemathesis) checks real answers against
 //! them, so a mirror that drifts fails the suite.
 
+pub mod bulk;
 pub mod campaigns;
 pub mod coupons;
 pub mod limits;
