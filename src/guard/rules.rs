@@ -110,7 +110,12 @@ pub fn plan<'a>(set: &'a RuleSet, endpoint: Endpoint, subject: &Subject) -> Vec<
                     ban_ms: ban.map_or(0, |b| b.duration_ms.min(BAN_CAP_MS)),
                     ban_factor: ban.map_or(1, |b| b.factor),
                     ban_max_ms,
-                    decay_ms: ban_max_ms.max(MIN_DECAY_MS),
+                    // Escalation memory only where there are bans to escalate.
+                    decay_ms: if ban.is_some() {
+                        ban_max_ms.max(MIN_DECAY_MS)
+                    } else {
+                        0
+                    },
                 },
             })
         })
