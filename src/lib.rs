@@ -11,22 +11,26 @@
 //!   HTTP: tests, a CLI and workers use it) and [`startup::Application`] on top (binds, runs;
 //!   port 0 in tests).
 //! - [`http`]: actix routes and extractors, wire types with their OpenAPI schemas
-//!   (`http::wire`: requests parsed into the service's commands), problem+json, the edge
-//!   middleware.
+//!   (`http::wire`: requests parsed into the service's commands), the route -> roles table
+//!   (`http::permissions`: admin, client, viewer), problem+json, the edge middleware.
 //! - [`guard`]: the anti-abuse edge of LIMITS.md: the client address (trusted proxies,
 //!   IPv6 prefix) resolved once for every route, the in-process flood shield (governor),
 //!   block/allow lists, the in-process view of bans, and the rules engine (which rules
 //!   apply, their keys, one script call per hash slot, RateLimit headers, bans).
 //! - [`worker`]: background loops: the rules-file watcher (notify), the bans refresh, and
 //!   webhook delivery (each campaign's outbox stream, at least once, SSRF-checked).
-//! - [`service`]: one file per use case (campaigns, claims, redemptions) plus the campaign
-//!   catalog and idempotency records: call the store, map the outcome to API errors.
-//! - [`domain`]: pure rules, no actix, no Redis, no utoipa: campaigns and coupons, codes
-//!   (mint/verify), identities (E.164, pseudonyms), the rules-file model, RateLimit header
-//!   values, the injected clock, the secret.
+//! - [`service`]: one file per use case (campaigns, claims, redemptions, lifecycle and
+//!   PATCH, bulk codes, reports: stats and audit) plus the campaign catalog and idempotency
+//!   records: call the store, map the outcome to API errors.
+//! - [`domain`]: pure rules, no actix, no Redis, no utoipa: campaigns, coupons, the lifecycle
+//!   table, eligibility, codes (mint/verify), identities (E.164, pseudonyms), the rules-file
+//!   model, webhook URL guard and signatures, RateLimit header values, the injected clock,
+//!   the secret.
 //! - [`store`]: Redis: every key built in `store::keys`, every script loaded in
-//!   `store::scripts`, the campaign record's schema (`store::campaigns`), typed script
-//!   outcomes (`store::coupons`), the connection with deadlines, the embedded `redis-server`.
+//!   `store::scripts`, the campaign record's schema and its compare-and-set transitions
+//!   (`store::campaigns`), typed script outcomes (`store::coupons`, `store::bulk`), rules,
+//!   bans and audit (`store::rules`), outboxes (`store::outbox`), reports, the connection
+//!   with deadlines, the embedded `redis-server`.
 //! - [`error`]: the one error type of the API, rendered by `http::problem`.
 //!
 //! `lua/` holds the scripts; each opens with its KEYS, ARGV, returns and the

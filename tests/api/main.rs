@@ -7,6 +7,7 @@ mod binary;
 mod bulk;
 mod claims;
 mod contract;
+mod eligibility;
 mod embedded;
 mod faults;
 mod helpers;
