@@ -35,10 +35,11 @@ if #ARGV ~= 1 or not now or string.find(ARGV[1], '[^0-9]') then
   return redis.error_reply('ERR expire_campaign.lua: bad arguments')
 end
 
-local m = redis.call('HMGET', KEYS[1], 'state', 'ends_ms', 'ended_fired', 'webhook', 'stock', 'issued')
+local m = redis.call('HMGET', KEYS[1], 'state', 'ends_ms', 'ended_fired', 'webhook', 'stock', 'issued', 'void')
 if not m[1] then return {'not_found'} end
 if m[3] == '1' then return {'fired_already'} end
-local ends, stock, issued = tonumber(m[2] or '0'), tonumber(m[5] or '0'), tonumber(m[6] or '0')
+local ends, stock, issued = tonumber(m[2] or '0'), tonumber(m[5] or '0'),
+  (tonumber(m[6] or '0') or 0) - (tonumber(m[7] or '0') or 0)
 if not (ends and stock and issued) then
   return redis.error_reply('ERR expire_campaign.lua: campaign ' .. KEYS[1] .. ' has a corrupt counter')
 end

@@ -26,10 +26,11 @@ end
 if #ARGV < 7 or (#ARGV - 5) % 2 ~= 0 or not tonumber(ARGV[2]) or not tonumber(ARGV[4]) then
   return redis.error_reply('ERR patch_campaign.lua: bad arguments')
 end
-local m = redis.call('HMGET', KEYS[1], 'ver', 'issued')
+local m = redis.call('HMGET', KEYS[1], 'ver', 'issued', 'void')
 if not m[2] then return {'not_found'} end
 if (m[1] or '0') ~= ARGV[1] then return {'moved'} end
-local issued = tonumber(m[2])
+-- Serials taken back by void_claim.lua are not issued.
+local issued = tonumber(m[2]) and tonumber(m[3] or '0') and tonumber(m[2]) - tonumber(m[3] or '0')
 if not issued then return redis.error_reply('ERR patch_campaign.lua: corrupt counter') end
 if tonumber(ARGV[2]) < issued then return {'below_issued', tostring(issued)} end
 

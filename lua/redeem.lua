@@ -2,7 +2,8 @@
 
 KEYS (one campaign's hash tag)
   1  meta        hash    campaign counters (redeemed) and state
-  2  claims      hash    serial -> 'phone|device|ip|claimed_ms|expires_ms[|channel]'   (read only)
+  2  claims      hash    the serial's claim-record bucket: serial % 64 ->
+                         'phone|claimed_ms|expires_ms|channel'   (read only)
   3  redemptions hash    serial -> cjson {order, at, discount, store}
   4  idem        string  idempotency record: fingerprint .. '|' .. cjson(result)
   5  batches     zset    first serial -> 'first|count|created_ms|expires_ms' of each bulk
@@ -11,7 +12,8 @@ KEYS (one campaign's hash tag)
 ARGV
   1  now_ms     2 serial     3 order_id     4 discount (minor units, computed by the service)
   5  store_id ('' for none)  6 fingerprint  7 idem_ttl_s  8 keep_rejections ('1'/'0')
-  9  phone pseudonym of the redeemer ('' when not checked)
+  9  short phone pseudonym of the redeemer ('' when not checked)
+  10 the serial's field in KEYS[2] (serial % 64)
 RETURNS flat string arrays; the last element is '1' for an idempotent replay, else '0'
   {'ok', order_id, redeemed_ms, discount, store_id, same_order_replay ('1'/'0'), replay}
   {'invalid_code', replay}       signed correctly but never issued (or campaign gone)
@@ -61,10 +63,10 @@ if not redeemed then return answer({'invalid_code'}, false) end
 if not tonumber(redeemed) then
   return redis.error_reply('ERR redeem.lua: corrupt counter in ' .. KEYS[1])
 end
-local claim = redis.call('HGET', KEYS[2], ARGV[2])
+local claim = redis.call('HGET', KEYS[2], ARGV[10])
 local claimer, exp, channel
 if claim then
-  claimer, exp, channel = string.match(claim, '^([^|]*)|[^|]*|[^|]*|[^|]*|([0-9]+)|?([^|]*)$')
+  claimer, exp, channel = string.match(claim, '^([^|]*)|[0-9]+|([0-9]+)|([^|]*)$')
   if not claimer then
     return redis.error_reply('ERR redeem.lua: corrupt claim record in ' .. KEYS[2])
   end

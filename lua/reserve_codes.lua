@@ -109,16 +109,17 @@ end
 -- 2. The campaign: it must exist, be approved and running (or paused), and
 --    have `count` serials left.
 local m = redis.call('HMGET', KEYS[1], 'state', 'stock', 'issued', 'ends_ms', 'valid_ms',
-  'low_at', 'low_fired', 'webhook')
+  'low_at', 'low_fired', 'webhook', 'void')
 if not m[1] then return {'not_found'} end
 local stock, issued, ends, valid_ms = tonumber(m[2]), tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
 local low_at = tonumber(m[6] or '-1')
-if not (stock and issued and ends and valid_ms and low_at) then
+local void = tonumber(m[9] or '0')
+if not (stock and issued and ends and valid_ms and low_at and void) then
   return redis.error_reply('ERR reserve_codes.lua: campaign ' .. KEYS[1] .. ' has a corrupt counter')
 end
 if m[1] ~= 'active' and m[1] ~= 'paused' then return {'not_active', m[1]} end
 if ends > 0 and now >= ends then return {'not_active', 'ended'} end
-local left = math.max(0, stock - issued)
+local left = math.max(0, stock - (issued - void))
 if left < count then return {'sold_out', string.format('%d', left)} end
 
 -- 3. Every check passed: charge.
@@ -136,7 +137,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'at_ms', ARGV[2], 'actor
 
 -- 4. Alerts, as claim.lua writes them: the reservation that crosses a
 --    threshold writes its event, once.
-local remaining = stock - (issued + count)
+local remaining = stock - (issued - void + count)
 if m[8] == '1' then
   local function event(name)
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'event', name,

@@ -98,7 +98,21 @@ impl Services {
         if let Err(e) = store.preload_scripts().await {
             tracing::warn!(error = %e, "could not preload scripts; they will load on first use");
         }
+        // A claim carries its deadline into the script, which compares it
+        // with Redis's clock: that needs the two clocks within the margin.
+        if let Ok(skew) = store.clock_skew_ms().await {
+            let margin = crate::store::redis::deadline_margin(settings.store_deadline);
+            if skew.unsigned_abs() as u128 * 2 > margin.as_millis() {
+                tracing::warn!(
+                    skew_ms = skew,
+                    margin_ms = margin.as_millis() as u64,
+                    "Redis's clock is off from this host's by more than half the deadline margin: \
+                     claims may be refused as late (Redis ahead) or charged after a 503 (Redis behind)"
+                );
+            }
+        }
         let catalog = Arc::new(Catalog::new(store.clone()));
+        let soldout = Arc::new(crate::service::soldout::SoldOut::default());
         let idem = Idempotency::new(
             &secret,
             IdemTtls {
@@ -119,7 +133,7 @@ impl Services {
                 clock.clone(),
                 policy,
             ),
-            lifecycle: LifecycleService::new(store.clone(), clock.clone(), policy),
+            lifecycle: LifecycleService::new(store.clone(), clock.clone(), policy, soldout.clone()),
             reports: ReportService::new(store.clone(), clock.clone()),
             claims: ClaimService::new(
                 store.clone(),
@@ -128,6 +142,7 @@ impl Services {
                 codes.clone(),
                 ids.clone(),
                 clock.clone(),
+                soldout,
             ),
             bulk: BulkService::new(
                 store.clone(),

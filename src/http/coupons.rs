@@ -54,6 +54,14 @@ pub async fn claim(
     let (body, _): (ClaimRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(&id, services.settings.region)?;
+    // Sold out or not active, as this instance saw it less than 500 ms ago:
+    // answered here, before any pseudonym, rule or Redis call.
+    if let Some(refusal) = services
+        .claims
+        .remembered_refusal(&cmd.campaign, &caller.ctx)
+    {
+        return Err(refusal);
+    }
     let claimant = services.claims.claimant(&cmd, &client.ip);
     let who = Who {
         campaign: Some(cmd.campaign.as_str()),

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::catalog::{CampaignInfo, Catalog};
 use crate::service::idempotency::Idempotency;
+use crate::store::campaigns::new_quota_buckets;
 use crate::store::keys::CampaignKeys;
 use crate::store::{CreateOutcome, Store, StoredCampaign};
 
@@ -94,8 +95,12 @@ impl CampaignService {
             .await?
         {
             CreateOutcome::Created => {
-                self.catalog
-                    .remember(CampaignInfo::new(&spec, no, keys.clone()));
+                self.catalog.remember(CampaignInfo::new(
+                    &spec,
+                    no,
+                    keys.clone(),
+                    new_quota_buckets(&spec),
+                ));
                 if spec.alerts.webhook_url.is_some() {
                     self.store.watch_webhooks(&spec.id).await?;
                 }

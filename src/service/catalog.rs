@@ -25,10 +25,12 @@ pub struct CampaignInfo {
     pub bind_to_claimer: bool,
     pub eligibility: Eligibility,
     pub keys: CampaignKeys,
+    /// How many hashes each quota kind is cut into (fixed at create).
+    pub quota_buckets: u32,
 }
 
 impl CampaignInfo {
-    pub fn new(spec: &CampaignSpec, no: u32, keys: CampaignKeys) -> Self {
+    pub fn new(spec: &CampaignSpec, no: u32, keys: CampaignKeys, quota_buckets: u32) -> Self {
         Self {
             id: spec.id.clone(),
             no,
@@ -37,6 +39,7 @@ impl CampaignInfo {
             bind_to_claimer: spec.bind_to_claimer,
             eligibility: spec.eligibility.clone(),
             keys,
+            quota_buckets,
         }
     }
 }
@@ -88,6 +91,7 @@ impl Catalog {
             &stored.spec,
             stored.no,
             keys,
+            stored.quota_buckets,
         ))))
     }
 

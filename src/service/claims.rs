@@ -2,6 +2,7 @@
 //! run the claim script once, mint the code for the serial it returns.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::domain::campaign::{CampaignId, Coupon};
 use crate::domain::clock::Clock;
@@ -11,7 +12,9 @@ use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::catalog::Catalog;
 use crate::service::idempotency::Idempotency;
-use crate::store::{ClaimOutcome, Store};
+use crate::service::soldout::SoldOut;
+use crate::store::keys::CampaignKeys;
+use crate::store::{ClaimIds, ClaimOutcome, Store};
 
 /// A parsed claim.
 #[derive(Debug, Clone)]
@@ -53,6 +56,7 @@ pub fn rollout_bucket(phone: &Pseudonym) -> u8 {
 #[derive(Debug)]
 pub struct ClaimService {
     store: Store,
+    soldout: Arc<SoldOut>,
     catalog: Arc<Catalog>,
     idem: Idempotency,
     codes: CodeKey,
@@ -68,9 +72,11 @@ impl ClaimService {
         codes: CodeKey,
         ids: Pseudonymizer,
         clock: Arc<dyn Clock>,
+        soldout: Arc<SoldOut>,
     ) -> Self {
         Self {
             store,
+            soldout,
             catalog,
             idem,
             codes,
@@ -84,6 +90,47 @@ impl ClaimService {
             phone: self.ids.phone(&cmd.phone),
             device: self.ids.device(&cmd.device),
             ip: self.ids.ip(ip),
+        }
+    }
+
+    /// The refusal every claim on `campaign` gets right now, when this
+    /// instance remembers one (`service::soldout`): answered without Redis.
+    /// Never for a claim under an `Idempotency-Key` (its retry must get the
+    /// first answer).
+    pub fn remembered_refusal(
+        &self,
+        campaign: &CampaignId,
+        ctx: &RequestContext,
+    ) -> Option<ApiError> {
+        if ctx.idempotency_key.is_some() {
+            return None;
+        }
+        let e = self
+            .soldout
+            .check(campaign.as_str(), (Instant::now(), self.clock.now_ms()))?;
+        let label = if matches!(e, ApiError::SoldOut(_)) {
+            "sold_out"
+        } else {
+            "campaign_not_active"
+        };
+        metrics::counter!("stampede_claims_total", "outcome" => label).increment(1);
+        metrics::counter!("stampede_claims_in_process_total", "outcome" => label).increment(1);
+        Some(e)
+    }
+
+    /// Counts the refusals answered from memory in each campaign's stats.
+    pub async fn flush_remembered(&self) {
+        for (id, field, n) in self.soldout.flush(Instant::now()) {
+            let Ok(id) = CampaignId::parse(&id) else {
+                continue;
+            };
+            if let Err(e) = self
+                .store
+                .count_refusals(&CampaignKeys::new(&id), field, n)
+                .await
+            {
+                tracing::debug!(error = %e, "in-process refusals not counted");
+            }
         }
     }
 
@@ -124,14 +171,17 @@ impl ClaimService {
             )));
         }
         let idem = self.idem.record(ctx, fingerprint);
-        let outcome = self
+        let (outcome, replayed) = self
             .store
             .claim(
                 &info.keys,
+                info.quota_buckets,
                 self.clock.now_ms(),
-                &who.phone,
-                &who.device,
-                &who.ip,
+                ClaimIds {
+                    phone: &who.phone,
+                    device: &who.device,
+                    ip: &who.ip,
+                },
                 &idem,
                 rollout_bucket(&who.phone),
                 cmd.channel.as_deref().unwrap_or(""),
@@ -140,13 +190,26 @@ impl ClaimService {
         let label = match &outcome {
             ClaimOutcome::Issued { .. } => "issued",
             ClaimOutcome::NotFound => "campaign_not_found",
-            ClaimOutcome::NotActive(_) => "campaign_not_active",
+            ClaimOutcome::NotActive { .. } => "campaign_not_active",
             ClaimOutcome::SoldOut => "sold_out",
             ClaimOutcome::NotEligible(_) => "not_eligible",
             ClaimOutcome::Limit(q) => q.as_str(),
             ClaimOutcome::KeyReused => "idempotency_key_reused",
         };
         metrics::counter!("stampede_claims_total", "outcome" => label).increment(1);
+        // A refusal every claim gets now is remembered; a replay is an old
+        // answer, so it is not.
+        if !replayed {
+            let now = (Instant::now(), self.clock.now_ms());
+            match &outcome {
+                ClaimOutcome::SoldOut => self.soldout.remember(id.as_str(), None, None, now),
+                ClaimOutcome::NotActive { state, starts_ms } => {
+                    self.soldout
+                        .remember(id.as_str(), Some(state), *starts_ms, now)
+                }
+                _ => {}
+            }
+        }
         match outcome {
             ClaimOutcome::Issued {
                 serial,
@@ -172,7 +235,7 @@ impl ClaimService {
                 })
             }
             ClaimOutcome::NotFound => Err(ApiError::CampaignNotFound(id.to_string())),
-            ClaimOutcome::NotActive(state) => Err(ApiError::CampaignNotActive {
+            ClaimOutcome::NotActive { state, .. } => Err(ApiError::CampaignNotActive {
                 id: id.to_string(),
                 state,
             }),

@@ -12,6 +12,7 @@ use crate::domain::webhook::UrlPolicy;
 use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::campaigns::parse_campaign_id;
+use crate::service::soldout::SoldOut;
 use crate::store::campaigns::{PatchOutcome, TransitionOutcome};
 use crate::store::keys::CampaignKeys;
 use crate::store::{Store, StoredCampaign};
@@ -22,14 +23,21 @@ const RETRIES: usize = 8;
 #[derive(Debug)]
 pub struct LifecycleService {
     store: Store,
+    soldout: Arc<SoldOut>,
     clock: Arc<dyn Clock>,
     policy: UrlPolicy,
 }
 
 impl LifecycleService {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, policy: UrlPolicy) -> Self {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        policy: UrlPolicy,
+        soldout: Arc<SoldOut>,
+    ) -> Self {
         Self {
             store,
+            soldout,
             clock,
             policy,
         }
@@ -79,6 +87,7 @@ impl LifecycleService {
                 .await?
             {
                 TransitionOutcome::Done => {
+                    self.soldout.forget(id.as_str());
                     tracing::info!(campaign = %id, action = action.as_str(), by = %ctx.caller, from = from.as_str(), to = to.as_str(), "campaign moved");
                     return self.read(&keys, id.as_str()).await;
                 }
@@ -130,6 +139,7 @@ impl LifecycleService {
                 .await?
             {
                 PatchOutcome::Done => {
+                    self.soldout.forget(id.as_str());
                     if next.alerts.webhook_url.is_some() {
                         self.store.watch_webhooks(id.as_str()).await?;
                     }

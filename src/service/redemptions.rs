@@ -322,7 +322,7 @@ impl RedemptionService {
         }
         match self.claimer(&info, cmd.phone.as_ref()) {
             Err(e) => return Ok(with_campaign(Validation::invalid(&e))),
-            Ok(Some(p)) if state.claimer.as_deref().is_some_and(|c| c != p.as_str()) => {
+            Ok(Some(p)) if state.claimed_by_other(&p) => {
                 let e = ApiError::NotEligible(
                     "bind_to_claimer: the code is bound to the phone that claimed it".into(),
                 );

@@ -29,6 +29,8 @@ pub struct StoredCampaign {
     pub redeemed: i64,
     /// Bumped by every transition and PATCH (the PATCH compare-and-set).
     pub ver: String,
+    /// How many hashes each quota kind is cut into (fixed at create).
+    pub quota_buckets: u32,
 }
 
 /// An idempotency record guarding one create: key digest, request fingerprint, TTL.
@@ -75,6 +77,12 @@ fn spec_fields(spec: &CampaignSpec) -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
+/// How many hashes each quota kind of a new campaign is cut into (see
+/// `store::keys`); stored at create and never changed.
+pub fn new_quota_buckets(spec: &CampaignSpec) -> u32 {
+    keys::quota_buckets_for(spec.stock.max(0) as u64)
+}
+
 /// The meta hash of a new campaign.
 fn record_fields(
     spec: &CampaignSpec,
@@ -89,6 +97,7 @@ fn record_fields(
         ("redeemed", "0".to_owned()),
         ("created_by", spec.created_by.clone()),
         ("ver", "0".to_owned()),
+        ("qb", new_quota_buckets(spec).to_string()),
     ]);
     Ok(f)
 }
@@ -187,10 +196,11 @@ impl Store {
 
     pub async fn campaign(&self, keys: &CampaignKeys) -> Result<Option<StoredCampaign>> {
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(keys.meta())
-            .arg(&["spec", "state", "no", "issued", "redeemed", "ver"]);
+        cmd.arg(keys.meta()).arg(&[
+            "spec", "state", "no", "issued", "redeemed", "ver", "qb", "void",
+        ]);
         let v: Vec<Option<String>> = self.query(cmd).await?;
-        let [spec, state, no, issued, redeemed, ver] = <[Option<String>; 6]>::try_from(v)
+        let [spec, state, no, issued, redeemed, ver, qb, void] = <[Option<String>; 8]>::try_from(v)
             .map_err(|v| StoreError::Protocol(format!("HMGET: {v:?}")))?;
         let Some(spec_json) = spec else {
             return Ok(None);
@@ -199,9 +209,15 @@ impl Store {
             spec: spec_from_json(&spec_json)?,
             state: state.unwrap_or_default(),
             no: parse(no.as_ref(), "campaign number")?,
-            issued: parse(issued.as_ref(), "issued")?,
+            // Serials taken back after a 503 (`void_claim.lua`) were never issued.
+            issued: parse::<i64>(issued.as_ref(), "issued")?
+                - void
+                    .as_deref()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0),
             redeemed: parse(redeemed.as_ref(), "redeemed")?,
             ver: ver.as_deref().unwrap_or("0").to_owned(),
+            quota_buckets: qb.as_deref().and_then(|b| b.parse().ok()).unwrap_or(1),
         }))
     }
 

@@ -3,7 +3,7 @@
 
 use crate::domain::campaign::Quota;
 use crate::domain::identity::Pseudonym;
-use crate::store::keys::CampaignKeys;
+use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
 use crate::store::scripts;
 
@@ -16,7 +16,11 @@ pub enum ClaimOutcome {
         expires_ms: i64,
     },
     NotFound,
-    NotActive(String),
+    /// Not active; `starts_ms` when only its start is still to come.
+    NotActive {
+        state: String,
+        starts_ms: Option<i64>,
+    },
     SoldOut,
     /// Outside a condition the script checks (the staged rollout).
     NotEligible(String),
@@ -57,9 +61,18 @@ pub struct CodeState {
     pub campaign_state: Option<String>,
     /// The claim's expiry (ms; 0: never), if the code was issued.
     pub claim_expires_ms: Option<i64>,
-    /// The claimer's phone pseudonym (none for bulk codes).
+    /// The claimer's short phone pseudonym (none for bulk codes).
     pub claimer: Option<String>,
     pub redeemed: bool,
+}
+
+impl CodeState {
+    /// True when the code has a claimer and it is not `phone`.
+    pub fn claimed_by_other(&self, phone: &Pseudonym) -> bool {
+        self.claimer
+            .as_deref()
+            .is_some_and(|c| c != keys::short(phone))
+    }
 }
 
 /// Idempotency of one script call: the record's key digest, the request's
@@ -72,58 +85,157 @@ pub struct Idem {
     pub keep_rejections: bool,
 }
 
+/// Who claims, as the claim script counts them (short pseudonyms, their
+/// quota buckets).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimIds<'a> {
+    pub phone: &'a Pseudonym,
+    pub device: &'a Pseudonym,
+    pub ip: &'a Pseudonym,
+}
+
+/// What it takes to undo one claim (see `lua/void_claim.lua`).
+#[derive(Debug)]
+struct VoidClaim {
+    keys: CampaignKeys,
+    quotas: [String; 3],
+    ids: [String; 3],
+    rids: String,
+    rid: String,
+}
+
 impl Store {
+    /// Takes back a claim whose answer came after the caller's 503 (logged
+    /// and counted; if Redis cannot be reached for it either, the claim
+    /// stays, as after a dropped connection).
+    async fn void_claim(&self, v: VoidClaim, serial: u64) {
+        let (claims, field) = v.keys.claims(serial);
+        let meta = v.keys.meta();
+        let k = [
+            meta.as_str(),
+            &v.quotas[0],
+            &v.quotas[1],
+            &v.quotas[2],
+            &claims,
+            &v.rids,
+        ];
+        let a = [field.as_str(), &v.ids[0], &v.ids[1], &v.ids[2], &v.rid];
+        let outcome = match self.script(&scripts::VOID_CLAIM, &k, &a).await {
+            Ok(out) if out.first().is_some_and(|s| s == "void") => "voided",
+            Ok(_) => "gone",
+            Err(e) => {
+                tracing::error!(error = %e, serial, "a claim answered 503 could not be taken back");
+                "failed"
+            }
+        };
+        tracing::warn!(serial, outcome, "a claim's reply came after its 503");
+        metrics::counter!("stampede_claims_voided_total", "outcome" => outcome).increment(1);
+    }
+
+    /// Claims one coupon. The call carries its deadline into the script
+    /// (see [`Store::script_deadline_ms`]): a claim Redis reaches after the
+    /// service has given up is refused there, so a `503` means not charged
+    /// (unless the connection dropped, where the outcome stays unknown).
     #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
         keys: &CampaignKeys,
+        quota_buckets: u32,
         now_ms: i64,
-        phone: &Pseudonym,
-        device: &Pseudonym,
-        ip: &Pseudonym,
+        who: ClaimIds<'_>,
         idem: &Idem,
         rollout_bucket: u8,
         channel: &str,
-    ) -> Result<ClaimOutcome> {
+    ) -> Result<(ClaimOutcome, bool)> {
+        let deadline_ms = self.script_deadline_ms();
+        let (phone, device, ip) = (
+            keys::short(who.phone),
+            keys::short(who.device),
+            keys::short(who.ip),
+        );
+        // Server ids go to the hash of the second the deadline falls in;
+        // it expires 2 s after it, when no re-send can charge any more.
+        let rid_second = deadline_ms.div_euclid(1000);
+        let (idem_key, mode, rid) = if idem.keep_rejections {
+            (keys.idempotency(&idem.digest), "c", "")
+        } else {
+            (
+                keys.request_ids(rid_second),
+                "s",
+                idem.digest.get(..16).unwrap_or(&idem.digest),
+            )
+        };
         let k = [
             keys.meta(),
-            keys.quota_phone(),
-            keys.quota_device(),
-            keys.quota_ip(),
-            keys.claims(),
-            keys.idempotency(&idem.digest),
+            keys.quota_phone(keys::quota_bucket(who.phone, quota_buckets)),
+            keys.quota_device(keys::quota_bucket(who.device, quota_buckets)),
+            keys.quota_ip(keys::quota_bucket(who.ip, quota_buckets)),
+            keys.claims_prefix(),
+            idem_key,
             keys.outbox(),
             keys.stats(),
         ];
         let (now, ttl) = (now_ms.to_string(), idem.ttl_secs.to_string());
         let bucket = rollout_bucket.to_string();
-        let keep = if idem.keep_rejections { "1" } else { "0" };
+        let (deadline, rid_expire) = (deadline_ms.to_string(), (rid_second + 2).to_string());
+        // A reply that comes after the deadline, to a caller that has answered
+        // 503: without a client key nobody can ever learn that code, so the
+        // claim is taken back (with a key, the client's retry gets the code).
+        let orphan = {
+            let store = self.clone();
+            let void = (mode == "s").then(|| VoidClaim {
+                keys: keys.clone(),
+                quotas: [k[1].clone(), k[2].clone(), k[3].clone()],
+                ids: [phone.clone(), device.clone(), ip.clone()],
+                rids: k[5].clone(),
+                rid: rid.to_owned(),
+            });
+            move |late: Vec<String>| async move {
+                let fresh = late.first().is_some_and(|s| s == "ok")
+                    && late.last().is_some_and(|s| s == "0");
+                let serial = late.get(1).and_then(|s| s.parse::<u64>().ok());
+                if let (Some(void), Some(serial), true) = (void, serial, fresh) {
+                    store.void_claim(void, serial).await;
+                }
+            }
+        };
         let out = self
-            .script(
+            .script_or_orphan(
                 &scripts::CLAIM,
                 &k.iter().map(String::as_str).collect::<Vec<_>>(),
                 &[
                     &now,
-                    phone.as_str(),
-                    device.as_str(),
-                    ip.as_str(),
+                    &phone,
+                    &device,
+                    &ip,
                     &idem.fingerprint,
                     &ttl,
-                    keep,
+                    mode,
                     &bucket,
                     channel,
+                    &deadline,
+                    rid,
+                    &rid_expire,
                 ],
+                orphan,
             )
             .await?;
         let bad = || StoreError::Protocol(format!("claim: {out:?}"));
-        Ok(match out.first().map(String::as_str) {
+        let replayed = out.len() > 1 && out.last().is_some_and(|r| r == "1");
+        let outcome = match out.first().map(String::as_str) {
             Some("ok") => ClaimOutcome::Issued {
                 serial: parse(out.get(1), "serial")?,
                 claimed_ms: parse(out.get(2), "claimed_ms")?,
                 expires_ms: parse(out.get(3), "expires_ms")?,
             },
+            Some("late") => return Err(StoreError::Timeout(self.deadline())),
             Some("not_found") => ClaimOutcome::NotFound,
-            Some("not_active") => ClaimOutcome::NotActive(out.get(1).cloned().ok_or_else(bad)?),
+            Some("not_active") => ClaimOutcome::NotActive {
+                state: out.get(1).cloned().ok_or_else(bad)?,
+                starts_ms: (out.len() == 4)
+                    .then(|| parse(out.get(2), "starts_ms"))
+                    .transpose()?,
+            },
             Some("sold_out") => ClaimOutcome::SoldOut,
             Some("not_eligible") => ClaimOutcome::NotEligible(out.get(1).cloned().ok_or_else(bad)?),
             Some("limit") => {
@@ -131,7 +243,8 @@ impl Store {
             }
             Some("reused") => ClaimOutcome::KeyReused,
             _ => return Err(bad()),
-        })
+        };
+        Ok((outcome, replayed))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -146,9 +259,10 @@ impl Store {
         claimer: Option<&Pseudonym>,
         idem: &Idem,
     ) -> Result<RedeemOutcome> {
+        let (claims, field) = keys.claims(serial);
         let k = [
             keys.meta(),
-            keys.claims(),
+            claims,
             keys.redemptions(),
             keys.idempotency(&idem.digest),
             keys.batches(),
@@ -174,7 +288,8 @@ impl Store {
                     &idem.fingerprint,
                     &ttl,
                     keep,
-                    claimer.map_or("", Pseudonym::as_str),
+                    &claimer.map(keys::short).unwrap_or_default(),
+                    &field,
                 ],
             )
             .await?;
@@ -226,27 +341,23 @@ impl Store {
     }
 
     pub async fn code_state(&self, keys: &CampaignKeys, serial: u64) -> Result<CodeState> {
-        let k = [
-            keys.meta(),
-            keys.claims(),
-            keys.redemptions(),
-            keys.batches(),
-        ];
+        let (claims, field) = keys.claims(serial);
+        let k = [keys.meta(), claims, keys.redemptions(), keys.batches()];
         let serial = serial.to_string();
         let out = self
             .script(
                 &scripts::INSPECT_CODE,
                 &k.iter().map(String::as_str).collect::<Vec<_>>(),
-                &[&serial],
+                &[&serial, &field],
             )
             .await?;
-        // A claim record is 'phone|device|ip|claimed_ms|expires_ms[|channel]'.
+        // A claim record is 'phone|claimed_ms|expires_ms|channel'.
         let record = out.get(1).filter(|s| !s.is_empty());
         let field = |i: usize| record.and_then(|r| r.split('|').nth(i));
         let claim_expires_ms = match record {
             None => None,
             Some(_) => Some(
-                field(4)
+                field(2)
                     .and_then(|e| e.parse().ok())
                     .ok_or_else(|| StoreError::Protocol("corrupt claim record".into()))?,
             ),

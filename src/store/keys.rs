@@ -6,8 +6,9 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `st:{c}:meta` | hash | spec JSON, lifecycle state, stock/issued/redeemed counters (`issued` is also the serial counter), rules |
-//! | `st:{c}:q:phone` / `q:device` / `q:ip` | hash | pseudonym -> coupons claimed |
-//! | `st:{c}:claims` | hash | serial -> `phone|device|ip|claimed_ms|expires_ms` (pseudonyms) |
+//! | `st:{c}:q:p:<b>` / `q:d:<b>` / `q:i:<b>` | hash | short pseudonym -> coupons claimed by that phone / device / IP; `b` is one of the campaign's quota buckets (below) |
+//! | `st:{c}:cl:<serial / 64>` | hash | `serial % 64` -> `phone|claimed_ms|expires_ms|channel` (short phone pseudonym) |
+//! | `st:{c}:rid:<s>` | hash | server request id -> the claim's answer, for the transport re-sends of calls whose deadline falls in second `s`; expires 2 s after it |
 //! | `st:{c}:redemptions` | hash | serial -> redemption record (order, time, discount, store) |
 //! | `st:{c}:rollbacks` | hash | serial -> last undone redemption |
 //! | `st:{c}:idem:<digest>` | string | idempotency record, with a TTL |
@@ -24,6 +25,26 @@
 //! | `st:{bans}` | hash | `<kind>:<pseudonym>` -> ban record (JSON); `~v` -> version |
 //! | `st:{audit}` | stream | reloads, bans, unbans: who, why, when |
 //!
+//! # Compact layout (issue: 200 bytes a coupon)
+//! Small hashes are stored by Redis as one listpack (about 4 bytes of
+//! overhead an entry) while they hold at most 128 entries of at most 64
+//! bytes (`hash-max-listpack-entries` / `-value`, the defaults); a bigger
+//! hash becomes a hashtable at about 90 bytes an entry. So the per-campaign
+//! maps that grow with the sale are cut into small hashes:
+//! - quota counters into `quota_buckets` hashes per kind: the next power of
+//!   two of `stock / 64` at create (at most 65,536), picked by bits 32..64
+//!   of the pseudonym; about 32..64 entries each when the campaign sells
+//!   out (a PATCH that raises the stock keeps the count: the buckets grow
+//!   past 128 and turn into hashtables, still exact, just larger);
+//! - claim records into buckets of 64 serials (`cl:<serial / 64>`). The
+//!   claim script picks that bucket from the serial it hands out, so its key
+//!   is built in the script from `KEYS[5]` plus `:<serial / 64>`: same hash
+//!   tag, same slot, so it runs unchanged on Redis Cluster.
+//!
+//! Pseudonyms inside a campaign are [`short`]: 96 bits in 16 base64url
+//! characters (two of 10^9 identities collide with probability below
+//! 10^18 / 2^97, about 6e-12).
+//!
 //! `<k>` is a digest of a rule key's values (the pseudonyms of its
 //! identities, the campaign id): every rule keyed on the same values shares
 //! the hash tag, so the rules of one request take one script call per slot.
@@ -32,6 +53,7 @@
 //! HMAC pseudonyms of [`crate::domain::identity`].
 
 use crate::domain::campaign::CampaignId;
+use crate::domain::identity::Pseudonym;
 
 /// The keys of one campaign.
 #[derive(Debug, Clone)]
@@ -56,17 +78,30 @@ impl CampaignKeys {
     pub fn meta(&self) -> String {
         self.key("meta")
     }
-    pub fn quota_phone(&self) -> String {
-        self.key("q:phone")
+    pub fn quota_phone(&self, bucket: u32) -> String {
+        self.key(&format!("q:p:{bucket}"))
     }
-    pub fn quota_device(&self) -> String {
-        self.key("q:device")
+    pub fn quota_device(&self, bucket: u32) -> String {
+        self.key(&format!("q:d:{bucket}"))
     }
-    pub fn quota_ip(&self) -> String {
-        self.key("q:ip")
+    pub fn quota_ip(&self, bucket: u32) -> String {
+        self.key(&format!("q:i:{bucket}"))
     }
-    pub fn claims(&self) -> String {
-        self.key("claims")
+    /// The prefix of the claim-record buckets (the claim script appends
+    /// `:<serial / 64>`).
+    pub fn claims_prefix(&self) -> String {
+        self.key("cl")
+    }
+    /// The claim-record bucket of `serial`, and the field inside it.
+    pub fn claims(&self, serial: u64) -> (String, String) {
+        (
+            self.key(&format!("cl:{}", serial / CLAIMS_PER_BUCKET)),
+            (serial % CLAIMS_PER_BUCKET).to_string(),
+        )
+    }
+    /// The server request ids of the calls whose deadline falls in second `s`.
+    pub fn request_ids(&self, s: i64) -> String {
+        self.key(&format!("rid:{s}"))
     }
     pub fn redemptions(&self) -> String {
         self.key("redemptions")
@@ -96,6 +131,38 @@ impl CampaignKeys {
     pub fn idempotency(&self, digest: &str) -> String {
         self.key(&format!("idem:{digest}"))
     }
+}
+
+/// Claim records per bucket (`cl:<serial / 64>`): the script's `64`.
+pub const CLAIMS_PER_BUCKET: u64 = 64;
+
+/// The number of quota buckets of a new campaign of `stock` (see the
+/// module docs): the next power of two of `stock / 64`, 1..=65,536.
+pub fn quota_buckets_for(stock: u64) -> u32 {
+    let want = stock.div_ceil(64).clamp(1, 65_536);
+    want.next_power_of_two() as u32
+}
+
+/// The quota bucket of a pseudonym (bits 32..64 of it: the rollout bucket
+/// takes the first 32, so the two are independent).
+pub fn quota_bucket(p: &Pseudonym, buckets: u32) -> u32 {
+    let bits = p
+        .as_str()
+        .get(8..16)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0);
+    bits % buckets.max(1)
+}
+
+/// The short form of a pseudonym stored inside a campaign: its first 96
+/// bits in base64url (16 characters instead of 32 hex).
+pub fn short(p: &Pseudonym) -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 12];
+    if hex::decode_to_slice(p.as_str().get(..24).unwrap_or(""), &mut bytes).is_err() {
+        return p.as_str().to_owned();
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The keys of one rule for one rule-key value (`tag` is the digest of the
@@ -154,10 +221,12 @@ mod tests {
         let k = CampaignKeys::new(&CampaignId::parse("double11-20off").unwrap());
         for key in [
             k.meta(),
-            k.quota_phone(),
-            k.quota_device(),
-            k.quota_ip(),
-            k.claims(),
+            k.quota_phone(7),
+            k.quota_device(0),
+            k.quota_ip(65_535),
+            k.claims_prefix(),
+            k.claims(1_000).0,
+            k.request_ids(1_700_000_000),
             k.redemptions(),
             k.rollbacks(),
             k.idempotency("abc"),
@@ -168,6 +237,34 @@ mod tests {
         ] {
             assert_eq!(hash_tag(&key), "double11-20off", "{key}");
         }
+    }
+
+    #[test]
+    fn quota_buckets_scale_with_stock_in_powers_of_two() {
+        assert_eq!(quota_buckets_for(0), 1);
+        assert_eq!(quota_buckets_for(64), 1);
+        assert_eq!(quota_buckets_for(65), 2);
+        assert_eq!(quota_buckets_for(1_000_000), 16_384);
+        assert_eq!(quota_buckets_for(u64::MAX), 65_536);
+    }
+
+    #[test]
+    fn short_pseudonyms_are_16_chars_and_keep_distinct_inputs_distinct() {
+        let ids = crate::domain::identity::Pseudonymizer::new([7; 32]);
+        let a = ids.device(&crate::domain::identity::DeviceId::parse("a").unwrap());
+        let b = ids.device(&crate::domain::identity::DeviceId::parse("b").unwrap());
+        assert_eq!(short(&a).len(), 16);
+        assert_ne!(short(&a), short(&b));
+        assert!(!short(&a).contains('|'));
+        assert!(quota_bucket(&a, 1) == 0 && quota_bucket(&a, 1024) < 1024);
+    }
+
+    #[test]
+    fn claim_buckets_hold_64_serials() {
+        let k = CampaignKeys::new(&CampaignId::parse("c").unwrap());
+        assert_eq!(k.claims(63), ("st:{c}:cl:0".into(), "63".into()));
+        assert_eq!(k.claims(64), ("st:{c}:cl:1".into(), "0".into()));
+        assert_eq!(format!("{}:1", k.claims_prefix()), k.claims(64).0);
     }
 
     #[test]

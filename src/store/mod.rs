@@ -25,5 +25,5 @@ pub mod rules;
 pub mod scripts;
 
 pub use self::campaigns::{CreateIdem, CreateOutcome, StoredCampaign};
-pub use self::coupons::{ClaimOutcome, CodeState, Idem, RedeemOutcome, RollbackOutcome};
+pub use self::coupons::{ClaimIds, ClaimOutcome, CodeState, Idem, RedeemOutcome, RollbackOutcome};
 pub use self::redis::{Store, StoreError};

@@ -67,6 +67,19 @@ impl StoreError {
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
+/// How much of a call's deadline is kept back from the script's own
+/// deadline: the time the reply may take to reach the service (a fifth of
+/// the deadline, 10..=200 ms). A script Redis starts within the deadline
+/// less this margin is answered before the service gives up.
+pub fn deadline_margin(deadline: Duration) -> Duration {
+    (deadline / 5).clamp(Duration::from_millis(10), Duration::from_millis(200))
+}
+
+/// How long a reply is still awaited after its caller's deadline passed.
+pub fn late_reply_window(deadline: Duration) -> Duration {
+    (deadline * 10).max(Duration::from_secs(10))
+}
+
 /// The process-wide runtime all Redis I/O runs on (one thread: the work per
 /// call is small, and one thread keeps the multiplexed socket's writes in order
 /// without contention). It is never dropped.
@@ -113,8 +126,12 @@ impl Store {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _in_redis_runtime = redis_runtime().enter();
         let client = redis::Client::open(url).map_err(StoreError::Failed)?;
+        // The caller's deadline is kept by `bounded`; the connection waits
+        // longer for a reply, so a claim whose reply comes after its 503 is
+        // still seen and taken back (`Store::script_or_orphan`). Past this,
+        // a reply is dropped and such a claim's outcome stays unknown.
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(deadline))
+            .set_response_timeout(Some(late_reply_window(deadline)))
             .set_connection_timeout(Some(deadline))
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(500))
@@ -122,6 +139,38 @@ impl Store {
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Failed)?;
         Ok(Self { conn, deadline })
+    }
+
+    /// How long a call may take before it is answered `503`.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The wall-clock time (unix ms, Redis `TIME`) after which a charging
+    /// script that starts now must refuse to charge: this call's deadline
+    /// less [`deadline_margin`] for the reply's way back. It assumes the
+    /// service's and Redis's clocks differ by less than that margin (the
+    /// same host: no skew at all; see [`Store::clock_skew_ms`]).
+    pub fn script_deadline_ms(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        now + (self.deadline - deadline_margin(self.deadline)).as_millis() as i64
+    }
+
+    /// Redis's clock minus this process's, in ms (from `TIME`, corrected by
+    /// half the round trip), for the start-up check of the deadline's clock
+    /// assumption.
+    pub async fn clock_skew_ms(&self) -> Result<i64> {
+        let wall = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        };
+        let before = wall();
+        let (s, us): (i64, i64) = self.query(redis::cmd("TIME")).await?;
+        let after = wall();
+        Ok((s * 1_000_000 + us - (before + after) / 2) / 1000)
     }
 
     /// Runs `fut` on the Redis runtime, bounded by the deadline.
@@ -154,6 +203,44 @@ impl Store {
         let mut conn = self.conn.clone();
         self.bounded(async move { inv.invoke_async::<Vec<String>>(&mut conn).await })
             .await
+    }
+
+    /// Runs a script like [`Store::script`], and when its reply comes after
+    /// the deadline (the caller has answered 503 and gone), hands that
+    /// reply to `orphan` on the Redis runtime, so a late effect can be
+    /// taken back.
+    pub(super) async fn script_or_orphan<F, Fut>(
+        &self,
+        script: &'static Script,
+        keys: &[&str],
+        args: &[&str],
+        orphan: F,
+    ) -> Result<Vec<String>>
+    where
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let mut conn = self.conn.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        redis_runtime().spawn(async move {
+            let r = inv.invoke_async::<Vec<String>>(&mut conn).await;
+            // Sending fails only when the caller stopped waiting.
+            if let Err(Ok(late)) = tx.send(r) {
+                orphan(late).await;
+            }
+        });
+        match tokio::time::timeout(self.deadline, rx).await {
+            Ok(Ok(r)) => r.map_err(StoreError::classify),
+            Ok(Err(_)) => Err(StoreError::Protocol("store task failed".into())),
+            Err(_) => Err(StoreError::Timeout(self.deadline)),
+        }
     }
 
     /// Runs one command.

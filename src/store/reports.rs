@@ -40,8 +40,13 @@ impl Store {
     /// Counts a refusal decided outside the claim script (a rate rule:
     /// `rule:<name>`; a channel: `rej:channel`) on a campaign's stats.
     pub async fn count_refusal(&self, keys: &CampaignKeys, field: &str) -> Result<()> {
+        self.count_refusals(keys, field, 1).await
+    }
+
+    /// Adds `n` refusals answered in process (`service::soldout`).
+    pub async fn count_refusals(&self, keys: &CampaignKeys, field: &str, n: u64) -> Result<()> {
         let mut cmd = redis::cmd("HINCRBY");
-        cmd.arg(keys.stats()).arg(field).arg(1);
+        cmd.arg(keys.stats()).arg(field).arg(n);
         self.query::<i64>(cmd).await.map(|_| ())
     }
 

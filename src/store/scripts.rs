@@ -24,9 +24,10 @@ script!(PATCH_CAMPAIGN, "patch_campaign.lua");
 script!(BAN, "ban.lua");
 script!(EXPIRE_CAMPAIGN, "expire_campaign.lua");
 script!(RESERVE_CODES, "reserve_codes.lua");
+script!(VOID_CLAIM, "void_claim.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 11] {
+pub fn all() -> [&'static Script; 12] {
     [
         &CLAIM,
         &REDEEM,
@@ -39,5 +40,6 @@ pub fn all() -> [&'static Script; 11] {
         &PATCH_CAMPAIGN,
         &EXPIRE_CAMPAIGN,
         &RESERVE_CODES,
+        &VOID_CLAIM,
     ]
 }

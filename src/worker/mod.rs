@@ -6,6 +6,8 @@
 //!   is installed, an invalid one rejected whole.
 //! - [`ban_refresh`]: the bans version, polled each second, and the shield's
 //!   idle buckets, forgotten each minute.
+//! - the refusals answered from the sold-out memory, added to the
+//!   campaigns' stats each second.
 //! - [`webhooks`]: the campaigns' outboxes, drained to their webhook URLs
 //!   (at least once, retried with backoff), and `campaign.ended` at `ends_at`.
 
@@ -18,7 +20,24 @@ use std::sync::Arc;
 use crate::startup::Services;
 
 /// Starts every loop of `services` on the store's runtime.
-pub fn start(services: &Services) {
+pub fn start(services: &Arc<Services>) {
+    let rt = crate::store::redis::redis_runtime();
+    rt.spawn(flush_remembered(Arc::downgrade(services)));
+    start_loops(services);
+}
+
+/// Each second, the claims refused from memory (`service::soldout`) are
+/// added to their campaigns' stats.
+async fn flush_remembered(services: std::sync::Weak<Services>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(s) = services.upgrade() else { return };
+        s.claims.flush_remembered().await;
+    }
+}
+
+fn start_loops(services: &Services) {
     let rt = crate::store::redis::redis_runtime();
     let guard = &services.guard;
     rt.spawn(ban_refresh::run(Arc::downgrade(guard)));

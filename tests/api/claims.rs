@@ -60,11 +60,19 @@ async fn racing_claims_never_over_issue_or_exceed_quotas() {
     assert_eq!(c["status"], "sold_out");
     // Rejections charged nothing: the quota counters sum to the issued count.
     let mut conn = app.redis().conn();
-    let phones: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(format!("st:{{{id}}}:q:phone"))
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(phones.values().sum::<i64>(), 100);
+    for kind in ["p", "d"] {
+        let buckets: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("st:{{{id}}}:q:{kind}:*"))
+            .query(&mut conn)
+            .unwrap();
+        let mut sum = 0;
+        for b in buckets {
+            let counts: HashMap<String, i64> =
+                redis::cmd("HGETALL").arg(&b).query(&mut conn).unwrap();
+            sum += counts.values().sum::<i64>();
+        }
+        assert_eq!(sum, 100, "q:{kind}");
+    }
     app.stop().await;
 }
 

@@ -372,16 +372,16 @@ async fn a_failing_script_changes_nothing() {
         .arg("issued")
         .arg("NaN-ish");
     let cases = [
-        // A wrong-type key the claim script only writes: caught by its TYPE check.
+        // A wrong-type key the claim script only writes: its first write fails.
         (
             "claims",
-            replace(key("claims"), "SET", &["oops"]),
+            replace(key("cl:0"), "SET", &["oops"]),
             Request::Claim(2),
         ),
         // A wrong-type key the script reads: the read fails before any write.
         (
             "quota",
-            replace(key("q:device"), "SADD", &["x"]),
+            replace(key("q:d:0"), "SADD", &["x"]),
             Request::Claim(3),
         ),
         // A corrupt counter: parsed before it is incremented.
