@@ -6,15 +6,18 @@
 //! - [`scripts`] embeds `lua/*.lua`; they are sent by EVALSHA and re-loaded
 //!   on `NOSCRIPT` (a restarted or failed-over Redis has an empty script cache).
 //! - [`redis`] is the connection with a deadline on every call, and the error
-//!   classes; [`campaigns`] owns the campaign record's schema; [`coupons`] the
-//!   claim / redeem / rollback scripts and their typed outcomes; [`rules`] the
+//!   classes; [`campaigns`] owns the campaign record's schema; [`claims`] the
+//!   claim script (batched per campaign by `batch`: group commit) and its
+//!   typed outcome; [`coupons`] the redeem / rollback scripts and theirs; [`rules`] the
 //!   rate-rule counters, bans and the audit stream; [`bulk`] the bulk-code
 //!   reservations.
 //! - [`outbox`] reads the webhook outboxes through their consumer group.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
 
+mod batch;
 pub mod bulk;
 pub mod campaigns;
+pub mod claims;
 pub mod coupons;
 pub mod keys;
 pub mod managed;
@@ -25,5 +28,6 @@ pub mod rules;
 pub mod scripts;
 
 pub use self::campaigns::{CreateIdem, CreateOutcome, StoredCampaign};
-pub use self::coupons::{ClaimIds, ClaimOutcome, CodeState, Idem, RedeemOutcome, RollbackOutcome};
+pub use self::claims::{ClaimIds, ClaimOutcome};
+pub use self::coupons::{CodeState, Idem, RedeemOutcome, RollbackOutcome};
 pub use self::redis::{Store, StoreError};

@@ -1,6 +1,7 @@
 //! The connection: one redis-rs `ConnectionManager` under a deadline, and the
 //! error classes every store call ends in. The use cases are in the sibling
-//! modules (`campaigns`, `coupons`, `rules`), each an `impl Store` block.
+//! modules (`campaigns`, `claims`, `coupons`, `rules`), each an `impl Store`
+//! block.
 //!
 //! The connection is one redis-rs `ConnectionManager`: a multiplexed
 //! connection (every request pipelined on one socket, measured ~1.7x the
@@ -15,12 +16,14 @@
 //! connection out from under requests still draining on the other workers.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
+use crate::store::batch::Batcher;
+use crate::store::claims::ClaimCall;
 use crate::store::scripts;
 
 /// Why a store call failed.
@@ -36,13 +39,17 @@ pub enum StoreError {
     /// error, a corrupt or wrong-type key).
     #[error("the store failed")]
     Failed(#[source] RedisError),
+    /// A script refused one call's keys (a wrong-type key, a corrupt
+    /// counter), having written nothing for it.
+    #[error("the store refused a call: {0}")]
+    Script(String),
     /// Redis answered something the scripts never return.
     #[error("unexpected reply from the store: {0}")]
     Protocol(String),
 }
 
 impl StoreError {
-    fn classify(e: RedisError) -> Self {
+    pub(super) fn classify(e: RedisError) -> Self {
         let transient = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
@@ -101,6 +108,8 @@ pub fn redis_runtime() -> &'static tokio::runtime::Handle {
 pub struct Store {
     conn: ConnectionManager,
     deadline: Duration,
+    /// The claims queued per campaign (`store::batch`).
+    pub(super) claims: Arc<Batcher<ClaimCall>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,7 +147,16 @@ impl Store {
             .set_number_of_retries(2);
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Failed)?;
-        Ok(Self { conn, deadline })
+        Ok(Self {
+            conn,
+            deadline,
+            claims: Arc::default(),
+        })
+    }
+
+    /// A handle on the connection (a clone of the manager: cheap).
+    pub(super) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// How long a call may take before it is answered `503`.
@@ -203,44 +221,6 @@ impl Store {
         let mut conn = self.conn.clone();
         self.bounded(async move { inv.invoke_async::<Vec<String>>(&mut conn).await })
             .await
-    }
-
-    /// Runs a script like [`Store::script`], and when its reply comes after
-    /// the deadline (the caller has answered 503 and gone), hands that
-    /// reply to `orphan` on the Redis runtime, so a late effect can be
-    /// taken back.
-    pub(super) async fn script_or_orphan<F, Fut>(
-        &self,
-        script: &'static Script,
-        keys: &[&str],
-        args: &[&str],
-        orphan: F,
-    ) -> Result<Vec<String>>
-    where
-        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
-        let mut conn = self.conn.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        redis_runtime().spawn(async move {
-            let r = inv.invoke_async::<Vec<String>>(&mut conn).await;
-            // Sending fails only when the caller stopped waiting.
-            if let Err(Ok(late)) = tx.send(r) {
-                orphan(late).await;
-            }
-        });
-        match tokio::time::timeout(self.deadline, rx).await {
-            Ok(Ok(r)) => r.map_err(StoreError::classify),
-            Ok(Err(_)) => Err(StoreError::Protocol("store task failed".into())),
-            Err(_) => Err(StoreError::Timeout(self.deadline)),
-        }
     }
 
     /// Runs one command.

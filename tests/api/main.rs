@@ -3,6 +3,7 @@
 
 mod auth;
 mod bans;
+mod batch;
 mod binary;
 mod bulk;
 mod claims;

@@ -1,0 +1,147 @@
+//! Group commit for claims: the claims on one campaign that arrive while
+//! that campaign's previous claim call is in flight are sent together, as
+//! one `claim.lua` call, as soon as it returns.
+//!
+//! Nothing waits for a batch to fill: a claim on an idle campaign goes out
+//! at once (a batch of one), so a quiet service pays no latency for this.
+//! Under a flash sale the calls queue behind the one in flight and leave in
+//! batches of up to [`MAX_BATCH`], which spreads Redis's per-command cost
+//! (the read, the EVALSHA dispatch, the reply) and this process's hop to the
+//! Redis runtime over the whole batch. The script runs the claims one after
+//! another, each checked and charged atomically and each answered on its
+//! own, so batching changes no outcome: it is the order the claims reached
+//! Redis in anyway.
+//!
+//! A campaign has at most [`MAX_IN_FLIGHT`] calls in flight; every key of a
+//! call is under the campaign's hash tag, so a batch is one slot on Redis
+//! Cluster as well.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+/// The most claims one call carries.
+pub const MAX_BATCH: usize = 64;
+/// The most calls one campaign has in flight at once.
+pub const MAX_IN_FLIGHT: usize = 1;
+
+/// The reply one waiting claim gets: its own array of the script's reply,
+/// or the error of the whole call.
+pub(super) type Reply = std::result::Result<Vec<String>, redis::RedisError>;
+
+/// One queued claim: its own keys and arguments, and where its answer goes.
+pub(super) struct Queued<T> {
+    pub call: T,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+struct Lane<T> {
+    running: usize,
+    pending: Vec<Queued<T>>,
+}
+
+/// The claims waiting, per campaign (keyed by the campaign's meta key).
+pub(super) struct Batcher<T> {
+    lanes: Mutex<HashMap<String, Lane<T>>>,
+}
+
+impl<T> Default for Batcher<T> {
+    fn default() -> Self {
+        Self {
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> Batcher<T> {
+    /// Queues a claim; true when the caller must start a flusher for
+    /// `lane` (none is running, or fewer than [`MAX_IN_FLIGHT`]).
+    pub fn push(&self, lane: &str, q: Queued<T>) -> bool {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let l = match lanes.get_mut(lane) {
+            Some(l) => l,
+            None => lanes.entry(lane.to_owned()).or_insert(Lane {
+                running: 0,
+                pending: Vec::new(),
+            }),
+        };
+        l.pending.push(q);
+        if l.running < MAX_IN_FLIGHT {
+            l.running += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The next batch of `lane` for a running flusher; `None` (and the
+    /// flusher stops) when nothing waits.
+    pub fn take(&self, lane: &str) -> Option<Vec<Queued<T>>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let l = lanes.get_mut(lane)?;
+        if l.pending.is_empty() {
+            l.running -= 1;
+            if l.running == 0 {
+                lanes.remove(lane);
+            }
+            return None;
+        }
+        let n = l.pending.len().min(MAX_BATCH);
+        Some(l.pending.drain(..n).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(n: u32) -> (Queued<u32>, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        (Queued { call: n, reply }, rx)
+    }
+
+    #[test]
+    fn the_first_claim_starts_a_flusher_and_the_rest_queue_behind_it() {
+        let b = Batcher::default();
+        let (a, _ra) = queued(1);
+        assert!(b.push("c", a));
+        for i in 2..=3 {
+            let (q, _r) = queued(i);
+            assert!(!b.push("c", q), "one call in flight per campaign");
+        }
+        // Another campaign has its own lane.
+        let (o, _ro) = queued(9);
+        assert!(b.push("other", o));
+        let first: Vec<u32> = b.take("c").unwrap().into_iter().map(|q| q.call).collect();
+        assert_eq!(first, vec![1, 2, 3]);
+        assert!(
+            b.take("c").is_none(),
+            "the flusher stops when nothing waits"
+        );
+        let (again, _r) = queued(4);
+        assert!(b.push("c", again), "an idle lane starts a new flusher");
+    }
+
+    #[test]
+    fn a_batch_carries_at_most_max_batch_claims_in_arrival_order() {
+        let b = Batcher::default();
+        let mut rxs = Vec::new();
+        for i in 0..(MAX_BATCH as u32 * 2 + 1) {
+            let (q, r) = queued(i);
+            b.push("c", q);
+            rxs.push(r);
+        }
+        let sizes: Vec<Vec<u32>> = std::iter::from_fn(|| b.take("c"))
+            .map(|v| v.into_iter().map(|q| q.call).collect())
+            .collect();
+        assert_eq!(
+            sizes.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![MAX_BATCH, MAX_BATCH, 1]
+        );
+        assert_eq!(
+            sizes.concat(),
+            (0..(MAX_BATCH as u32 * 2 + 1)).collect::<Vec<_>>()
+        );
+    }
+}

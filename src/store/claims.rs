@@ -1,0 +1,247 @@
+//! Claims: the claim script's typed outcome, the batched call (one
+//! `claim.lua` call carries the claims queued on a campaign, see
+//! `store::batch`), and taking back a claim whose reply came after its 503.
+
+use crate::domain::campaign::Quota;
+use crate::domain::identity::Pseudonym;
+use crate::store::Idem;
+use crate::store::batch::Queued;
+use crate::store::keys::{self, CampaignKeys};
+use crate::store::redis::{Result, Store, StoreError, parse, redis_runtime};
+use crate::store::scripts;
+
+/// One claim's own keys (quota buckets, idempotency record) and arguments,
+/// as `claim.lua` takes them, and how to take it back.
+pub(super) struct ClaimCall {
+    keys: [String; 4],
+    args: [String; 12],
+    void: Option<VoidClaim>,
+}
+
+/// What a claim did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Issued {
+        serial: u64,
+        claimed_ms: i64,
+        expires_ms: i64,
+    },
+    NotFound,
+    /// Not active; `starts_ms` when only its start is still to come.
+    NotActive {
+        state: String,
+        starts_ms: Option<i64>,
+    },
+    SoldOut,
+    /// Outside a condition the script checks (the staged rollout).
+    NotEligible(String),
+    Limit(Quota),
+    KeyReused,
+}
+
+/// Who claims, as the claim script counts them (short pseudonyms, their
+/// quota buckets).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimIds<'a> {
+    pub phone: &'a Pseudonym,
+    pub device: &'a Pseudonym,
+    pub ip: &'a Pseudonym,
+}
+
+/// What it takes to undo one claim (see `lua/void_claim.lua`).
+#[derive(Debug)]
+struct VoidClaim {
+    keys: CampaignKeys,
+    quotas: [String; 3],
+    ids: [String; 3],
+    rids: String,
+    rid: String,
+}
+
+impl Store {
+    /// Takes back a claim whose answer came after the caller's 503 (logged
+    /// and counted; if Redis cannot be reached for it either, the claim
+    /// stays, as after a dropped connection).
+    async fn void_claim(&self, v: VoidClaim, serial: u64) {
+        let (claims, field) = v.keys.claims(serial);
+        let meta = v.keys.meta();
+        let k = [
+            meta.as_str(),
+            &v.quotas[0],
+            &v.quotas[1],
+            &v.quotas[2],
+            &claims,
+            &v.rids,
+        ];
+        let a = [field.as_str(), &v.ids[0], &v.ids[1], &v.ids[2], &v.rid];
+        let outcome = match self.script(&scripts::VOID_CLAIM, &k, &a).await {
+            Ok(out) if out.first().is_some_and(|s| s == "void") => "voided",
+            Ok(_) => "gone",
+            Err(e) => {
+                tracing::error!(error = %e, serial, "a claim answered 503 could not be taken back");
+                "failed"
+            }
+        };
+        tracing::warn!(serial, outcome, "a claim's reply came after its 503");
+        metrics::counter!("stampede_claims_voided_total", "outcome" => outcome).increment(1);
+    }
+
+    /// Claims one coupon. The call carries its deadline into the script
+    /// (see [`Store::script_deadline_ms`]): a claim Redis reaches after the
+    /// service has given up is refused there, so a `503` means not charged
+    /// (unless the connection dropped, where the outcome stays unknown).
+    /// Claims on one campaign are sent to Redis in batches (`store::batch`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim(
+        &self,
+        keys: &CampaignKeys,
+        quota_buckets: u32,
+        now_ms: i64,
+        who: ClaimIds<'_>,
+        idem: &Idem,
+        rollout_bucket: u8,
+        channel: &str,
+    ) -> Result<(ClaimOutcome, bool)> {
+        let deadline_ms = self.script_deadline_ms();
+        let (phone, device, ip) = (
+            keys::short(who.phone),
+            keys::short(who.device),
+            keys::short(who.ip),
+        );
+        // Server ids go to the hash of the second the deadline falls in;
+        // it expires 2 s after it, when no re-send can charge any more.
+        let rid_second = deadline_ms.div_euclid(1000);
+        let (idem_key, mode, rid) = if idem.keep_rejections {
+            (keys.idempotency(&idem.digest), "c", "")
+        } else {
+            (
+                keys.request_ids(rid_second),
+                "s",
+                idem.digest.get(..16).unwrap_or(&idem.digest),
+            )
+        };
+        let quotas = [
+            keys.quota_phone(keys::quota_bucket(who.phone, quota_buckets)),
+            keys.quota_device(keys::quota_bucket(who.device, quota_buckets)),
+            keys.quota_ip(keys::quota_bucket(who.ip, quota_buckets)),
+        ];
+        // A reply that comes after the deadline, to a caller that has answered
+        // 503: without a client key nobody can ever learn that code, so the
+        // claim is taken back (with a key, the client's retry gets the code).
+        let void = (mode == "s").then(|| VoidClaim {
+            keys: keys.clone(),
+            quotas: quotas.clone(),
+            ids: [phone.clone(), device.clone(), ip.clone()],
+            rids: idem_key.clone(),
+            rid: rid.to_owned(),
+        });
+        let [qp, qd, qi] = quotas;
+        let call = ClaimCall {
+            keys: [qp, qd, qi, idem_key],
+            args: [
+                now_ms.to_string(),
+                phone,
+                device,
+                ip,
+                idem.fingerprint.clone(),
+                idem.ttl_secs.to_string(),
+                mode.to_owned(),
+                rollout_bucket.to_string(),
+                channel.to_owned(),
+                deadline_ms.to_string(),
+                rid.to_owned(),
+                (rid_second + 2).to_string(),
+            ],
+            void,
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let lane = keys.meta();
+        if self.claims.push(&lane, Queued { call, reply }) {
+            let store = self.clone();
+            let shared = [lane, keys.claims_prefix(), keys.outbox(), keys.stats()];
+            redis_runtime().spawn(async move { store.flush_claims(shared).await });
+        }
+        let out = match tokio::time::timeout(self.deadline(), rx).await {
+            Ok(Ok(r)) => r.map_err(StoreError::classify)?,
+            Ok(Err(_)) => return Err(StoreError::Protocol("store task failed".into())),
+            Err(_) => return Err(StoreError::Timeout(self.deadline())),
+        };
+        let bad = || StoreError::Protocol(format!("claim: {out:?}"));
+        let replayed = out.len() > 1 && out.last().is_some_and(|r| r == "1");
+        let outcome = match out.first().map(String::as_str) {
+            Some("ok") => ClaimOutcome::Issued {
+                serial: parse(out.get(1), "serial")?,
+                claimed_ms: parse(out.get(2), "claimed_ms")?,
+                expires_ms: parse(out.get(3), "expires_ms")?,
+            },
+            Some("late") => return Err(StoreError::Timeout(self.deadline())),
+            Some("error") => {
+                return Err(StoreError::Script(out.get(1).cloned().unwrap_or_default()));
+            }
+            Some("not_found") => ClaimOutcome::NotFound,
+            Some("not_active") => ClaimOutcome::NotActive {
+                state: out.get(1).cloned().ok_or_else(bad)?,
+                starts_ms: (out.len() == 4)
+                    .then(|| parse(out.get(2), "starts_ms"))
+                    .transpose()?,
+            },
+            Some("sold_out") => ClaimOutcome::SoldOut,
+            Some("not_eligible") => ClaimOutcome::NotEligible(out.get(1).cloned().ok_or_else(bad)?),
+            Some("limit") => {
+                ClaimOutcome::Limit(out.get(1).and_then(|q| Quota::parse(q)).ok_or_else(bad)?)
+            }
+            Some("reused") => ClaimOutcome::KeyReused,
+            _ => return Err(bad()),
+        };
+        Ok((outcome, replayed))
+    }
+
+    /// Sends the campaign's queued claims, a batch at a time, until none
+    /// waits (runs on the Redis runtime). `shared` are the campaign's keys
+    /// every claim of the call uses (meta first: it names the lane).
+    async fn flush_claims(self, shared: [String; 4]) {
+        while let Some(batch) = self.claims.take(&shared[0]) {
+            let mut inv = scripts::CLAIM.prepare_invoke();
+            for k in &shared {
+                inv.key(k);
+            }
+            for q in &batch {
+                for k in &q.call.keys {
+                    inv.key(k);
+                }
+            }
+            inv.arg(batch.len());
+            for q in &batch {
+                for a in &q.call.args {
+                    inv.arg(a);
+                }
+            }
+            let mut conn = self.conn();
+            let replies = match inv.invoke_async::<Vec<Vec<String>>>(&mut conn).await {
+                Ok(r) if r.len() == batch.len() => r.into_iter().map(Ok).collect(),
+                Ok(r) => {
+                    let e = redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "claim.lua answered the wrong number of claims",
+                        format!("{} for {}", r.len(), batch.len()),
+                    ));
+                    vec![Err(e); batch.len()]
+                }
+                Err(e) => vec![Err(e); batch.len()],
+            };
+            metrics::histogram!("stampede_claim_batch_size").record(batch.len() as f64);
+            for (q, reply) in batch.into_iter().zip(replies) {
+                // Sending fails only when the caller stopped waiting (503).
+                if let Err(Ok(late)) = q.reply.send(reply) {
+                    let fresh = late.first().is_some_and(|s| s == "ok")
+                        && late.last().is_some_and(|s| s == "0");
+                    let serial = late.get(1).and_then(|s| s.parse::<u64>().ok());
+                    if let (Some(void), Some(serial), true) = (q.call.void, serial, fresh) {
+                        let store = self.clone();
+                        tokio::spawn(async move { store.void_claim(void, serial).await });
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Group commit: concurrent claims on one campaign share script calls, and
+//! batching changes no outcome (store::batch, lua/claim.lua).
+
+use std::collections::HashSet;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::helpers::{counter, phone, spawn_app};
+
+#[tokio::test]
+async fn concurrent_claims_share_calls_and_never_over_issue() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(json!({"stock": 120, "limits": {"per_phone": 1}}))
+        .await;
+    // 150 phones, each twice: 300 claims for 120 coupons.
+    let answers = join_all((0..300).map(|i| {
+        let (app, id) = (&app, &id);
+        async move {
+            let res = app.claim(id, &phone(i % 150), &format!("dev-{i}")).await;
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            (i % 150, status, body)
+        }
+    }))
+    .await;
+    let issued: Vec<&(usize, u16, Value)> = answers.iter().filter(|a| a.1 == 201).collect();
+    assert_eq!(issued.len(), 120, "exactly the stock is issued");
+    let codes: HashSet<&str> = issued
+        .iter()
+        .map(|a| a.2["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 120, "no code twice");
+    let phones: HashSet<usize> = issued.iter().map(|a| a.0).collect();
+    assert_eq!(phones.len(), 120, "no phone got two coupons (per_phone 1)");
+    for (_, status, body) in &answers {
+        assert!(
+            *status == 201
+                || (*status == 409 && body["code"] == "sold_out")
+                || (*status == 429 && body["limit"] == "per_phone"),
+            "{status} {body}"
+        );
+    }
+    let c = app.campaign(&id).await;
+    assert_eq!(
+        (c["issued"].as_i64(), c["remaining"].as_i64()),
+        (Some(120), Some(0))
+    );
+
+    let m = app.metrics().await;
+    let (calls, claims) = (
+        counter(&m, "stampede_claim_batch_size_count"),
+        counter(&m, "stampede_claim_batch_size_sum"),
+    );
+    assert!(
+        claims >= 120.0,
+        "every issued claim went through a call: {claims}"
+    );
+    assert!(
+        calls < claims,
+        "some calls carried several claims: {calls} calls, {claims} claims"
+    );
+    app.stop().await;
+}
+
+/// One call of claim.lua with `claims` as (phone, device key, device).
+fn call(id: &str, now: &str, claims: &[(&str, &str, &str)]) -> redis::Cmd {
+    let k = |s: &str| format!("st:{{{id}}}:{s}");
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(include_str!("../../lua/claim.lua"))
+        .arg(4 + 4 * claims.len())
+        .arg(k("meta"))
+        .arg(k("cl"))
+        .arg(k("outbox"))
+        .arg(k("stats"));
+    for (_, device_key, _) in claims {
+        cmd.arg(k("q:p:0"))
+            .arg(k(device_key))
+            .arg(k("q:i:0"))
+            .arg(k("rid:1"));
+    }
+    cmd.arg(claims.len());
+    for (i, (phone, _, device)) in claims.iter().enumerate() {
+        cmd.arg(now)
+            .arg(*phone)
+            .arg(*device)
+            .arg("ip")
+            .arg("fp")
+            .arg("60")
+            .arg("s")
+            .arg("0")
+            .arg("")
+            .arg("0")
+            .arg(format!("rid{i}"))
+            .arg(now[..now.len() - 3].parse::<i64>().unwrap() + 60);
+    }
+    cmd
+}
+
+#[tokio::test]
+async fn each_claim_of_a_batch_is_checked_charged_and_answered_on_its_own() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(json!({"stock": 10, "limits": {"per_phone": 1}}))
+        .await;
+    let mut conn = app.redis().conn();
+    let _: () = redis::cmd("SADD")
+        .arg(format!("st:{{{id}}}:poison"))
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let now = (crate::helpers::now().unix_timestamp_nanos() / 1_000_000).to_string();
+    let out: Vec<Vec<String>> = call(
+        &id,
+        &now,
+        &[
+            ("pa", "q:d:0", "da"),
+            // Its device bucket is a set: WRONGTYPE on the read.
+            ("pb", "poison", "db"),
+            // The same phone as the first claim: sees the first's charge.
+            ("pa", "q:d:0", "dc"),
+            ("pd", "q:d:0", "dd"),
+        ],
+    )
+    .query(&mut conn)
+    .unwrap();
+    assert_eq!(out[0], ["ok", "1", &now, "0", "0"]);
+    assert_eq!(out[1][0], "error");
+    assert!(out[1][1].contains("WRONGTYPE"), "{:?}", out[1]);
+    assert_eq!(out[2], ["limit", "per_phone", "0"]);
+    assert_eq!(out[3], ["ok", "2", &now, "0", "0"]);
+    // The failed claim charged nothing: no quota count for its phone, no
+    // request id; the issued count and the records are the two coupons.
+    let pb: Option<String> = redis::cmd("HGET")
+        .arg(format!("st:{{{id}}}:q:p:0"))
+        .arg("pb")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(pb, None);
+    let rids: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("st:{{{id}}}:rid:1"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(rids.len(), 2, "{rids:?}");
+    let c = app.campaign(&id).await;
+    assert_eq!(c["issued"].as_i64(), Some(2));
+    let stats: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(format!("st:{{{id}}}:stats"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        stats.contains(&("rej:per_phone".into(), "1".into())),
+        "{stats:?}"
+    );
+    // A replay of the first claim's request id is answered from its record.
+    let again: Vec<Vec<String>> = call(&id, &now, &[("pa", "q:d:0", "da")])
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(again[0], ["ok", "1", &now, "0", "1"]);
+    app.stop().await;
+}
