@@ -38,6 +38,16 @@ RETURNS (check) 5 strings per rule, in order:
   request started), level (that ban's place in the escalation)
 RETURNS (settle) {'ok'}: one unit charged to each rule (kind 'o' only).
 
+BATCH: ARGV[1] = 'batch' checks several requests in one call (the service
+coalesces the checks that arrive while one is in flight: store::batch):
+  ARGV  1 'batch'   2 n   then 2 per request: its key count, its argument count
+        then each request's arguments (as above, from 'check'), in order
+  KEYS  each request's keys, in order
+  RETURNS one array per request: its 'check' answer, or {'error', message}
+  when its keys failed (that request wrote nothing; the others ran).
+Each request is checked and charged on its own, in order, as if by its own
+call: a later request sees an earlier one's charges.
+
 A request refused by any enforced rule charges nothing to any rule of this
 call; it adds one violation to each rule it was over, and a rule whose
 violations reach ban_after starts a ban (its length escalates: ban_ms *
@@ -51,165 +61,195 @@ only keys of the right type and counters this script wrote itself, so none of
 them can fail. 'settle' only writes, so it checks every TYPE first. (No TYPE
 calls on the hot path: they were a third of the script's Redis calls.)
 ]]
+local function err(msg) return {err = msg} end
 
-local mode = ARGV[1]
-local now = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-if not now or not n or #KEYS ~= 2 * n or #ARGV ~= 3 + 10 * n then
-  return redis.error_reply('ERR rules.lua: bad arguments')
-end
+-- One request's rules: KEYS and ARGV are that request's own (in a batch, its
+-- slices of the call's).
+local function one(KEYS, ARGV)
 
-local rules = {}
-for i = 1, n do
-  local a = 4 + (i - 1) * 10
-  local r = {
-    hash = KEYS[2 * i - 1], zset = KEYS[2 * i],
-    kind = ARGV[a], limit = tonumber(ARGV[a + 1]), w = tonumber(ARGV[a + 2]),
-    enforce = ARGV[a + 3] == '1', member = ARGV[a + 4],
-    ban_after = tonumber(ARGV[a + 5]), ban_ms = tonumber(ARGV[a + 6]),
-    factor = tonumber(ARGV[a + 7]), ban_max = tonumber(ARGV[a + 8]),
-    decay = tonumber(ARGV[a + 9]),
-  }
-  if not (r.limit and r.w and r.w > 0 and r.ban_after and r.ban_ms and r.factor
-          and r.ban_max and r.decay) then
-    return redis.error_reply('ERR rules.lua: bad arguments for rule ' .. i)
+  local mode = ARGV[1]
+  local now = tonumber(ARGV[2])
+  local n = tonumber(ARGV[3])
+  if not now or not n or #KEYS ~= 2 * n or #ARGV ~= 3 + 10 * n then
+    return err('ERR rules.lua: bad arguments')
   end
-  -- A distinct rule without a ban keeps no hash (no buckets, no violations).
-  r.uses_hash = r.kind ~= 'd' or r.ban_after > 0
-  r.s = math.max(1, math.floor(r.w / 10))
-  r.cur = math.floor(now / r.s)
-  r.oldest = math.floor((now - r.w) / r.s)
-  rules[i] = r
-end
 
-local function expire(r, extra_ms)
-  redis.call('PEXPIRE', r.hash, math.max(r.w + r.s, extra_ms or 0) + 1000)
-end
-
-if mode == 'settle' then
-  -- Writes only: check every type before the first one.
-  for _, r in ipairs(rules) do
-    local t = redis.call('TYPE', r.hash)['ok']
-    if t ~= 'none' and t ~= 'hash' then
-      return redis.error_reply('WRONGTYPE rules.lua: ' .. r.hash .. ' holds a ' .. t)
+  local rules = {}
+  for i = 1, n do
+    local a = 4 + (i - 1) * 10
+    local r = {
+      hash = KEYS[2 * i - 1], zset = KEYS[2 * i],
+      kind = ARGV[a], limit = tonumber(ARGV[a + 1]), w = tonumber(ARGV[a + 2]),
+      enforce = ARGV[a + 3] == '1', member = ARGV[a + 4],
+      ban_after = tonumber(ARGV[a + 5]), ban_ms = tonumber(ARGV[a + 6]),
+      factor = tonumber(ARGV[a + 7]), ban_max = tonumber(ARGV[a + 8]),
+      decay = tonumber(ARGV[a + 9]),
+    }
+    if not (r.limit and r.w and r.w > 0 and r.ban_after and r.ban_ms and r.factor
+            and r.ban_max and r.decay) then
+      return err('ERR rules.lua: bad arguments for rule ' .. i)
     end
+    -- A distinct rule without a ban keeps no hash (no buckets, no violations).
+    r.uses_hash = r.kind ~= 'd' or r.ban_after > 0
+    r.s = math.max(1, math.floor(r.w / 10))
+    r.cur = math.floor(now / r.s)
+    r.oldest = math.floor((now - r.w) / r.s)
+    rules[i] = r
   end
-  for _, r in ipairs(rules) do
-    redis.call('HINCRBY', r.hash, 'b' .. r.cur, 1)
-    expire(r, 0)
-  end
-  return {'ok'}
-end
-if mode ~= 'check' then
-  return redis.error_reply('ERR rules.lua: mode is check or settle')
-end
 
--- 1. Read everything.
-for _, r in ipairs(rules) do
-  local flat = r.uses_hash and redis.call('HGETALL', r.hash) or {}
-  r.buckets, r.stale = {}, {}
-  r.count, r.viol, r.lvl, r.lvl_end = 0, 0, 0, 0
-  for j = 1, #flat, 2 do
-    local f, v = flat[j], tonumber(flat[j + 1]) or 0
-    local tag, idx = string.sub(f, 1, 1), tonumber(string.sub(f, 2))
-    if f == 'lvl' then r.lvl = v
-    elseif f == 'lvl_end' then r.lvl_end = v
-    elseif idx and idx < r.oldest then r.stale[#r.stale + 1] = f
-    elseif idx and tag == 'b' then
-      r.count = r.count + v
-      r.buckets[#r.buckets + 1] = {idx, v}
-    elseif idx and tag == 'v' then r.viol = r.viol + v
-    end
+  local function expire(r, extra_ms)
+    redis.call('PEXPIRE', r.hash, math.max(r.w + r.s, extra_ms or 0) + 1000)
   end
-  table.sort(r.buckets, function(x, y) return x[1] < y[1] end)
-  -- Time until `need` counted units have left the window.
-  r.free_after = function(need)
-    local freed = 0
-    for _, b in ipairs(r.buckets) do
-      freed = freed + b[2]
-      if freed >= need then return (b[1] + 1) * r.s + r.w - now end
-    end
-    return r.w
-  end
-  if r.kind == 'd' then
-    local from = '(' .. string.format('%d', now - r.w)
-    r.count = redis.call('ZCOUNT', r.zset, from, '+inf')
-    local seen = tonumber(redis.call('ZSCORE', r.zset, r.member) or '-1')
-    r.present = seen > now - r.w
-    r.over = (not r.present) and r.count >= r.limit
-    r.reset = r.w
-    if r.count > 0 then
-      local first = redis.call('ZRANGEBYSCORE', r.zset, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-      if first[2] then r.reset = tonumber(first[2]) + r.w - now end
-    end
-    r.remaining = r.limit - r.count - ((r.present or r.over) and 0 or 1)
-  elseif r.kind == 'r' then
-    r.over = r.count + 1 > r.limit
-    r.remaining = r.limit - r.count - 1
-    r.reset = r.over and r.free_after(r.count + 1 - r.limit) or r.free_after(1)
-  else
-    r.over = r.count >= r.limit
-    r.remaining = r.limit - r.count
-    r.reset = r.over and r.free_after(r.count + 1 - r.limit) or r.free_after(1)
-  end
-  if r.remaining < 0 then r.remaining = 0 end
-end
 
-local refused = false
-for _, r in ipairs(rules) do
-  if r.over and r.enforce then refused = true end
-end
-
--- 2. Write.
-local out = {}
-for _, r in ipairs(rules) do
-  if #r.stale > 0 then redis.call('HDEL', r.hash, unpack(r.stale)) end
-  local status, ban_ms, level = 'ok', 0, 0
-  if r.over then status = r.enforce and 'over' or 'shadow' end
-  if refused then
-    if status == 'over' and r.ban_after > 0 then
-      redis.call('HINCRBY', r.hash, 'v' .. r.cur, 1)
-      if r.viol + 1 >= r.ban_after then
-        level = r.lvl
-        if r.lvl_end + r.decay < now then level = 0 end
-        level = level + 1
-        ban_ms = r.ban_ms
-        for _ = 2, level do
-          ban_ms = ban_ms * r.factor
-          if r.ban_max > 0 and ban_ms >= r.ban_max then break end
-        end
-        if r.ban_max > 0 and ban_ms > r.ban_max then ban_ms = r.ban_max end
-        local forget = {}
-        local flat = redis.call('HKEYS', r.hash)
-        for _, f in ipairs(flat) do
-          if string.sub(f, 1, 1) == 'v' then forget[#forget + 1] = f end
-        end
-        if #forget > 0 then redis.call('HDEL', r.hash, unpack(forget)) end
-        redis.call('HSET', r.hash, 'lvl', level, 'lvl_end', string.format('%d', now + ban_ms))
+  if mode == 'settle' then
+    -- Writes only: check every type before the first one.
+    for _, r in ipairs(rules) do
+      local t = redis.call('TYPE', r.hash)['ok']
+      if t ~= 'none' and t ~= 'hash' then
+        return err('WRONGTYPE rules.lua: ' .. r.hash .. ' holds a ' .. t)
       end
     end
-  elseif not r.over then
-    if r.kind == 'r' then
+    for _, r in ipairs(rules) do
       redis.call('HINCRBY', r.hash, 'b' .. r.cur, 1)
-    elseif r.kind == 'd' then
-      -- Only a set that holds members can hold stale ones.
-      if r.count > 0 or r.present then
-        redis.call('ZREMRANGEBYSCORE', r.zset, '-inf', string.format('%d', now - r.w))
-      end
-      redis.call('ZADD', r.zset, now, r.member)
-      redis.call('PEXPIRE', r.zset, r.w + 1000)
+      expire(r, 0)
     end
+    return {'ok'}
   end
-  -- Keep the hash for its window, and while a ban's escalation still counts.
-  if r.uses_hash and (r.kind ~= 'd' or ban_ms > 0 or (refused and status == 'over')) then
-    local keep = 0
-    if r.ban_after > 0 then keep = math.max(r.lvl_end, now + ban_ms) + r.decay - now end
-    expire(r, keep)
+  if mode ~= 'check' then
+    return err('ERR rules.lua: mode is check or settle')
   end
-  out[#out + 1] = status
-  out[#out + 1] = string.format('%d', r.remaining)
-  out[#out + 1] = string.format('%d', math.max(0, r.reset))
-  out[#out + 1] = string.format('%d', ban_ms)
-  out[#out + 1] = tostring(level)
+
+  -- 1. Read everything.
+  for _, r in ipairs(rules) do
+    local flat = r.uses_hash and redis.call('HGETALL', r.hash) or {}
+    r.buckets, r.stale = {}, {}
+    r.count, r.viol, r.lvl, r.lvl_end = 0, 0, 0, 0
+    for j = 1, #flat, 2 do
+      local f, v = flat[j], tonumber(flat[j + 1]) or 0
+      local tag, idx = string.sub(f, 1, 1), tonumber(string.sub(f, 2))
+      if f == 'lvl' then r.lvl = v
+      elseif f == 'lvl_end' then r.lvl_end = v
+      elseif idx and idx < r.oldest then r.stale[#r.stale + 1] = f
+      elseif idx and tag == 'b' then
+        r.count = r.count + v
+        r.buckets[#r.buckets + 1] = {idx, v}
+      elseif idx and tag == 'v' then r.viol = r.viol + v
+      end
+    end
+    table.sort(r.buckets, function(x, y) return x[1] < y[1] end)
+    -- Time until `need` counted units have left the window.
+    r.free_after = function(need)
+      local freed = 0
+      for _, b in ipairs(r.buckets) do
+        freed = freed + b[2]
+        if freed >= need then return (b[1] + 1) * r.s + r.w - now end
+      end
+      return r.w
+    end
+    if r.kind == 'd' then
+      local from = '(' .. string.format('%d', now - r.w)
+      r.count = redis.call('ZCOUNT', r.zset, from, '+inf')
+      local seen = tonumber(redis.call('ZSCORE', r.zset, r.member) or '-1')
+      r.present = seen > now - r.w
+      r.over = (not r.present) and r.count >= r.limit
+      r.reset = r.w
+      if r.count > 0 then
+        local first = redis.call('ZRANGEBYSCORE', r.zset, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+        if first[2] then r.reset = tonumber(first[2]) + r.w - now end
+      end
+      r.remaining = r.limit - r.count - ((r.present or r.over) and 0 or 1)
+    elseif r.kind == 'r' then
+      r.over = r.count + 1 > r.limit
+      r.remaining = r.limit - r.count - 1
+      r.reset = r.over and r.free_after(r.count + 1 - r.limit) or r.free_after(1)
+    else
+      r.over = r.count >= r.limit
+      r.remaining = r.limit - r.count
+      r.reset = r.over and r.free_after(r.count + 1 - r.limit) or r.free_after(1)
+    end
+    if r.remaining < 0 then r.remaining = 0 end
+  end
+
+  local refused = false
+  for _, r in ipairs(rules) do
+    if r.over and r.enforce then refused = true end
+  end
+
+  -- 2. Write.
+  local out = {}
+  for _, r in ipairs(rules) do
+    if #r.stale > 0 then redis.call('HDEL', r.hash, unpack(r.stale)) end
+    local status, ban_ms, level = 'ok', 0, 0
+    if r.over then status = r.enforce and 'over' or 'shadow' end
+    if refused then
+      if status == 'over' and r.ban_after > 0 then
+        redis.call('HINCRBY', r.hash, 'v' .. r.cur, 1)
+        if r.viol + 1 >= r.ban_after then
+          level = r.lvl
+          if r.lvl_end + r.decay < now then level = 0 end
+          level = level + 1
+          ban_ms = r.ban_ms
+          for _ = 2, level do
+            ban_ms = ban_ms * r.factor
+            if r.ban_max > 0 and ban_ms >= r.ban_max then break end
+          end
+          if r.ban_max > 0 and ban_ms > r.ban_max then ban_ms = r.ban_max end
+          local forget = {}
+          local flat = redis.call('HKEYS', r.hash)
+          for _, f in ipairs(flat) do
+            if string.sub(f, 1, 1) == 'v' then forget[#forget + 1] = f end
+          end
+          if #forget > 0 then redis.call('HDEL', r.hash, unpack(forget)) end
+          redis.call('HSET', r.hash, 'lvl', level, 'lvl_end', string.format('%d', now + ban_ms))
+        end
+      end
+    elseif not r.over then
+      if r.kind == 'r' then
+        redis.call('HINCRBY', r.hash, 'b' .. r.cur, 1)
+      elseif r.kind == 'd' then
+        -- Only a set that holds members can hold stale ones.
+        if r.count > 0 or r.present then
+          redis.call('ZREMRANGEBYSCORE', r.zset, '-inf', string.format('%d', now - r.w))
+        end
+        redis.call('ZADD', r.zset, now, r.member)
+        redis.call('PEXPIRE', r.zset, r.w + 1000)
+      end
+    end
+    -- Keep the hash for its window, and while a ban's escalation still counts.
+    if r.uses_hash and (r.kind ~= 'd' or ban_ms > 0 or (refused and status == 'over')) then
+      local keep = 0
+      if r.ban_after > 0 then keep = math.max(r.lvl_end, now + ban_ms) + r.decay - now end
+      expire(r, keep)
+    end
+    out[#out + 1] = status
+    out[#out + 1] = string.format('%d', r.remaining)
+    out[#out + 1] = string.format('%d', math.max(0, r.reset))
+    out[#out + 1] = string.format('%d', ban_ms)
+    out[#out + 1] = tostring(level)
+  end
+  return out
+end
+
+if ARGV[1] ~= 'batch' then
+  local r = one(KEYS, ARGV)
+  if r.err then return redis.error_reply(r.err) end
+  return r
+end
+local n = tonumber(ARGV[2])
+if not n or #ARGV < 2 + 2 * n then return redis.error_reply('ERR rules.lua: bad batch') end
+local out, k, a = {}, 0, 2 + 2 * n
+for i = 1, n do
+  local nk, na = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  local keys, args = {}, {}
+  for j = 1, nk do keys[j] = KEYS[k + j] end
+  for j = 1, na do args[j] = ARGV[a + j] end
+  k, a = k + nk, a + na
+  local ok, r = pcall(one, keys, args)
+  if not ok then
+    r = {'error', tostring(type(r) == 'table' and (r.err or r.message) or r)}
+  elseif r.err then
+    r = {'error', r.err}
+  end
+  out[i] = r
 end
 return out

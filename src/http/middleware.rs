@@ -42,6 +42,33 @@ fn next_request_id() -> String {
     )
 }
 
+/// The route pattern of `req` (the metrics label), remembered per path on
+/// each worker thread: actix finds it by matching every route's pattern
+/// again, which cost more than the rest of a sold-out refusal. At most
+/// [`ROUTES_REMEMBERED`] paths are kept (then the memory starts afresh), so
+/// a flood of random paths costs memory for no more than that.
+fn route_of(req: &ServiceRequest) -> String {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static ROUTES: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    }
+    ROUTES.with(|routes| {
+        let mut routes = routes.borrow_mut();
+        if let Some(r) = routes.get(req.path()) {
+            return r.clone();
+        }
+        let r = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+        if routes.len() >= ROUTES_REMEMBERED {
+            routes.clear();
+        }
+        routes.insert(req.path().to_owned(), r.clone());
+        r
+    })
+}
+
+const ROUTES_REMEMBERED: usize = 1024;
+
 pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -64,7 +91,7 @@ pub async fn edge(
         shielded = guard.shield(&client).err();
         req.extensions_mut().insert(client);
     }
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = route_of(&req);
     let method = req.method().clone();
     let span = tracing::info_span!("http", request_id = %id, %method, %route);
 

@@ -37,14 +37,16 @@ pub struct AppState {
 
 /// The routes, used by the server and by tests alike.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/campaigns").route(web::post().to(campaigns::create)))
+    // The claim route first: a flash sale's requests match it on the first
+    // try (routes are tried in order).
+    cfg.service(web::resource("/v1/campaigns/{id}/claims").route(web::post().to(coupons::claim)))
+        .service(web::resource("/v1/campaigns").route(web::post().to(campaigns::create)))
         .service(
             web::resource("/v1/campaigns/{id}")
                 .route(web::get().to(campaigns::get))
                 .route(web::patch().to(campaigns::patch)),
         )
         .service(web::resource("/v1/campaigns/{id}/stats").route(web::get().to(campaigns::stats)))
-        .service(web::resource("/v1/campaigns/{id}/claims").route(web::post().to(coupons::claim)))
         .service(web::resource("/v1/campaigns/{id}/codes").route(web::post().to(codes::create)))
         .service(web::resource("/v1/campaigns/{id}/{action}").route(web::post().to(campaigns::act)))
         .service(web::resource("/v1/audit").route(web::get().to(campaigns::audit)))

@@ -14,12 +14,16 @@
 //!
 //! A campaign has at most [`MAX_IN_FLIGHT`] calls in flight; every key of a
 //! call is under the campaign's hash tag, so a batch is one slot on Redis
-//! Cluster as well.
+//! Cluster as well. The rate rules' checks are batched the same way, one
+//! lane per hash tag of their keys (`rules.lua`'s batch mode).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
+
+use crate::store::redis::{Result, Store, StoreError, redis_runtime};
 
 /// The most claims one call carries.
 pub const MAX_BATCH: usize = 64;
@@ -89,6 +93,50 @@ impl<T> Batcher<T> {
         }
         let n = l.pending.len().min(MAX_BATCH);
         Some(l.pending.drain(..n).collect())
+    }
+}
+
+/// One reply per queued call from a batched script's reply (an array of
+/// arrays, one per call), or the call's error for each.
+pub(super) fn split(reply: redis::RedisResult<Vec<Vec<String>>>, n: usize) -> Vec<Reply> {
+    match reply {
+        Ok(r) if r.len() == n => r.into_iter().map(Ok).collect(),
+        Ok(r) => {
+            let e = redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "a batched script answered the wrong number of calls",
+                format!("{} for {n}", r.len()),
+            ));
+            vec![Err(e); n]
+        }
+        Err(e) => vec![Err(e); n],
+    }
+}
+
+impl Store {
+    /// Queues `call` on `lane` of `batcher`, starting `flush` on the Redis
+    /// runtime when the lane has room for another call in flight, and waits
+    /// for this call's reply within the deadline. A reply that comes after
+    /// it is the flusher's to deal with (its send fails).
+    pub(super) async fn enqueue<T, Fut>(
+        &self,
+        batcher: &Batcher<T>,
+        lane: &str,
+        call: T,
+        flush: impl FnOnce() -> Fut,
+    ) -> Result<Vec<String>>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        if batcher.push(lane, Queued { call, reply }) {
+            redis_runtime().spawn(flush());
+        }
+        match tokio::time::timeout(self.deadline(), rx).await {
+            Ok(Ok(r)) => r.map_err(StoreError::classify),
+            Ok(Err(_)) => Err(StoreError::Protocol("store task failed".into())),
+            Err(_) => Err(StoreError::Timeout(self.deadline())),
+        }
     }
 }
 

@@ -5,9 +5,9 @@
 use crate::domain::campaign::Quota;
 use crate::domain::identity::Pseudonym;
 use crate::store::Idem;
-use crate::store::batch::Queued;
+use crate::store::batch;
 use crate::store::keys::{self, CampaignKeys};
-use crate::store::redis::{Result, Store, StoreError, parse, redis_runtime};
+use crate::store::redis::{Result, Store, StoreError, parse};
 use crate::store::scripts;
 
 /// One claim's own keys (quota buckets, idempotency record) and arguments,
@@ -154,18 +154,19 @@ impl Store {
             ],
             void,
         };
-        let (reply, rx) = tokio::sync::oneshot::channel();
         let lane = keys.meta();
-        if self.claims.push(&lane, Queued { call, reply }) {
-            let store = self.clone();
-            let shared = [lane, keys.claims_prefix(), keys.outbox(), keys.stats()];
-            redis_runtime().spawn(async move { store.flush_claims(shared).await });
-        }
-        let out = match tokio::time::timeout(self.deadline(), rx).await {
-            Ok(Ok(r)) => r.map_err(StoreError::classify)?,
-            Ok(Err(_)) => return Err(StoreError::Protocol("store task failed".into())),
-            Err(_) => return Err(StoreError::Timeout(self.deadline())),
-        };
+        let shared = [
+            lane.clone(),
+            keys.claims_prefix(),
+            keys.outbox(),
+            keys.stats(),
+        ];
+        let store = self.clone();
+        let out = self
+            .enqueue(&self.claims, &lane, call, move || {
+                store.flush_claims(shared)
+            })
+            .await?;
         let bad = || StoreError::Protocol(format!("claim: {out:?}"));
         let replayed = out.len() > 1 && out.last().is_some_and(|r| r == "1");
         let outcome = match out.first().map(String::as_str) {
@@ -217,18 +218,8 @@ impl Store {
                 }
             }
             let mut conn = self.conn();
-            let replies = match inv.invoke_async::<Vec<Vec<String>>>(&mut conn).await {
-                Ok(r) if r.len() == batch.len() => r.into_iter().map(Ok).collect(),
-                Ok(r) => {
-                    let e = redis::RedisError::from((
-                        redis::ErrorKind::Parse,
-                        "claim.lua answered the wrong number of claims",
-                        format!("{} for {}", r.len(), batch.len()),
-                    ));
-                    vec![Err(e); batch.len()]
-                }
-                Err(e) => vec![Err(e); batch.len()],
-            };
+            let n = batch.len();
+            let replies = batch::split(inv.invoke_async(&mut conn).await, n);
             metrics::histogram!("stampede_claim_batch_size").record(batch.len() as f64);
             for (q, reply) in batch.into_iter().zip(replies) {
                 // Sending fails only when the caller stopped waiting (503).

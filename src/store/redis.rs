@@ -24,6 +24,7 @@ use redis::{RedisError, Script};
 
 use crate::store::batch::Batcher;
 use crate::store::claims::ClaimCall;
+use crate::store::rules::RulesCall;
 use crate::store::scripts;
 
 /// Why a store call failed.
@@ -110,6 +111,8 @@ pub struct Store {
     deadline: Duration,
     /// The claims queued per campaign (`store::batch`).
     pub(super) claims: Arc<Batcher<ClaimCall>>,
+    /// The rule checks queued per hash tag.
+    pub(super) rules: Arc<Batcher<RulesCall>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,6 +154,7 @@ impl Store {
             conn,
             deadline,
             claims: Arc::default(),
+            rules: Arc::default(),
         })
     }
 

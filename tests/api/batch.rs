@@ -160,3 +160,48 @@ async fn each_claim_of_a_batch_is_checked_charged_and_answered_on_its_own() {
     assert_eq!(again[0], ["ok", "1", &now, "0", "1"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
+    let redis = crate::helpers::RedisServer::start();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg("poison")
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let request = |hash: &str| {
+        let keys = vec![hash.to_owned(), format!("{hash}:z")];
+        let args: Vec<String> = [
+            "check", "1000000", "1", "r", "1", "60000", "1", "", "0", "0", "1", "0", "0",
+        ]
+        .map(String::from)
+        .to_vec();
+        (keys, args)
+    };
+    let batch = [request("a"), request("poison"), request("a"), request("b")];
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(include_str!("../../lua/rules.lua"))
+        .arg(batch.iter().map(|(k, _)| k.len()).sum::<usize>());
+    for (k, _) in &batch {
+        cmd.arg(k);
+    }
+    cmd.arg("batch").arg(batch.len());
+    for (k, a) in &batch {
+        cmd.arg(k.len()).arg(a.len());
+    }
+    for (_, a) in &batch {
+        cmd.arg(a);
+    }
+    let out: Vec<Vec<String>> = cmd.query(&mut conn).unwrap();
+    assert_eq!(out[0][0], "ok", "{out:?}");
+    assert_eq!(out[1][0], "error");
+    assert!(out[1][1].contains("WRONGTYPE"), "{:?}", out[1]);
+    assert_eq!(
+        out[2][0], "over",
+        "the third sees the first's charge: {out:?}"
+    );
+    assert_eq!(out[3][0], "ok");
+    let poison: String = redis::cmd("GET").arg("poison").query(&mut conn).unwrap();
+    assert_eq!(poison, "x", "the failed check wrote nothing");
+}
