@@ -171,7 +171,7 @@ local function one(KEYS, ARGV)
             if tag == 'b' then
               count = count + v
               buckets[#buckets + 1] = {idx, v}
-              if not first or idx < first then first = idx end
+              if v > 0 and (not first or idx < first) then first = idx end
               if f == cur_field then r.has_cur = true end
             elseif tag == 'v' then viol = viol + v
             end
