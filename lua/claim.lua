@@ -16,18 +16,21 @@ KEYS (all under the campaign's hash tag, so this runs unchanged on Redis Cluster
   3  outbox      stream  webhook events (campaign.low_stock, campaign.sold_out), written
                          by the claim that crosses the threshold, once each
   4  stats       hash    'rej:<code>' -> refusals, 'm:<minute>' -> claims issued that minute
-  then 4 per claim, claim i at 4 + 4(i-1) + 1..4:
+  then 4 + 2r per claim (r: its rate rules, ARGV +13), one claim after another:
   +1 q_phone     hash    short pseudonym -> coupons claimed by that phone (this phone's bucket)
   +2 q_device    hash    the same for the device
   +3 q_ip        hash    the same for the IP (/64 for IPv6)
   +4 idem        string  client key ('c'): fingerprint '|' the result's fields joined by '|'
                  hash    server id ('s'): request id -> the result's fields; the hash of the
                          second the call's deadline falls in, expiring 2 s after it
+  +5 .. +4+2r    the claim's rate rules' keys, 2 a rule, as rules.lua takes them (a
+                 single node checks a claim's rules in its claim's call; on Redis
+                 Cluster r is 0: the rules live in their own slots)
 Records are '|'-joined: every field is a number, a base64url pseudonym or a
 fixed word (no field can contain '|'); cjson.encode cost more than the rest.
 ARGV
   1  n                 claims in this call (1..)
-  then 12 per claim, claim i at 1 + 12(i-1) + 1..12:
+  then 13 + 10r per claim, one claim after another:
   +1  now_ms           the service's injected clock (windows, records)
   +2  phone            +3 device     +4 ip          (short pseudonyms)
   +5  fingerprint      hash of the request the idempotency key first came with
@@ -39,8 +42,14 @@ ARGV
                        the service has answered 503 by then (0: none)
   +11 request_id       the server request id (field of the idem key in mode 's')
   +12 rid_expire_s     unix second at which the idem key expires in mode 's'
-RETURNS one array per claim, in order, of strings; the last element is '1'
-for a replay, else '0':
+  +13 r                the claim's rate rules (0: none)
+  +14 .. +13+10r       their arguments, 10 a rule, as rules.lua takes them
+RETURNS one array per claim, in order, of strings. A claim with rules
+(r > 0) starts with its rules' answers, 5 a rule as rules.lua's 'check'
+returns them, and then {'refused'} when an enforced rule refused it (the
+claim was not tried: nothing of it was charged, nor were its rules), else
+the claim's answer below. Then (without a rules prefix for 'late' and
+'error') the last element is '1' for a replay, else '0':
   {'ok', serial, claimed_ms, expires_ms (0: never), replay}
   {'late'}                                     past the deadline: nothing read, nothing written
   {'not_found', '0'}                           no such campaign (never recorded)
@@ -58,26 +67,51 @@ reply) before anything is written.
 ATOMICITY: Redis does not roll back a script that fails half-way, so within
 each claim every read and check comes before that claim's first write, and
 each claim runs under pcall: a claim whose key raises (WRONGTYPE on a read)
-has written nothing, is answered {'error', ...} and the next claim runs. The
-quota buckets and the idempotency key are read first; every number the
-writes add to is checked to be a plain integer. The first write is the claim
-record (HSET): a wrong-type bucket fails there, before anything changed. The
-outbox is type-checked before any write, and only when this claim will
-write to it. The counters after it (HINCRBY on checked integers of hashes
-already read) cannot fail. The statistics (refusals, claims per minute) are
-summed over the batch and written last, best effort (pcall). A refusal
-writes only a client key's record: it charges nothing.
+has written nothing, is answered {'error', ...} and the next claim runs. A
+claim's rules are checked first (rules_core.lua: all reads before its
+writes); a refusal there ends the claim. The quota buckets and the
+idempotency key are read next. The first write of the claim proper is the
+claim record (HSET): a wrong-type bucket fails there, before anything
+changed. The outbox is type-checked before any write, and only when this
+claim will write to it. The counters after it are written as values (HSET
+of the count read plus one), so no stored spelling of a number can make
+them fail. The server request ids of the batch are read at once (one HMGET
+per hash, before any claim runs) and written at once at the end, with
+`issued` (HSET: only this script writes it, and it was read at the start);
+neither write can fail, and a script's effects reach the AOF and replicas
+as one MULTI/EXEC, so no crash can keep the claims and lose those. The
+statistics (refusals, claims per minute) are summed over the batch and
+written last, best effort (pcall). A refusal writes only a client key's
+record: it charges nothing.
 ]]
 
+local tonumber, tostring, floor = tonumber, tostring, math.floor
+
+-- A stored counter: 0 when absent, nil when not an integer.
 local function int(v)
   if v == nil or v == false then return 0 end
-  if string.find(v, '^%-?%d+$') then return tonumber(v) end
+  local x = tonumber(v)
+  if x and x == floor(x) then return x end
   return nil
 end
 
 local n = int(ARGV[1])
-if not n or n < 1 or #KEYS ~= 4 + 4 * n or #ARGV ~= 1 + 12 * n then
+if not n or n < 1 then
   return redis.error_reply('ERR claim.lua: bad arguments')
+end
+-- Each claim's first key and argument (they differ in length by their rules).
+local ks, as = {}, {}
+do
+  local k, a = 4, 1
+  for i = 1, n do
+    local r = int(ARGV[a + 13])
+    if not r or r < 0 then return redis.error_reply('ERR claim.lua: bad arguments') end
+    ks[i], as[i] = k + 1, a + 1
+    k, a = k + 4 + 2 * r, a + 13 + 10 * r
+  end
+  if #KEYS ~= k or #ARGV ~= a then
+    return redis.error_reply('ERR claim.lua: bad arguments')
+  end
 end
 
 -- The campaign and its rules, read once: within the call only `issued`
@@ -94,57 +128,106 @@ if m[1] and not (stock and issued and void and starts and ends and lp and ld and
                  and rollout and low_at) then
   return redis.error_reply('ERR claim.lua: campaign ' .. KEYS[1] .. ' has a corrupt counter')
 end
+local issued_at_start = issued
 local low_fired = m[12] == '1'
 
 local t = redis.call('TIME')
-local time_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rejected, per_minute, expiring = {}, {}, {}
+local time_ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local rejected, per_minute = {}, {}
+
+-- Server request ids, read for the whole batch at once (one HMGET per
+-- hash: the claims of a batch share the second their deadlines fall in),
+-- and written at once at the end. `rids[key][id]` is the stored answer,
+-- false when there is none; a failing read marks the hash unreadable.
+local rids, rid_order, rid_bad, rid_new = {}, {}, {}, {}
+for i = 1, n do
+  local K, A = ks[i], as[i]
+  if ARGV[A + 6] ~= 'c' then
+    local key = KEYS[K + 3]
+    local fields = rids[key]
+    if not fields then
+      fields = {}
+      rids[key] = fields
+      rid_order[#rid_order + 1] = key
+    end
+    fields[ARGV[A + 10]] = false
+  end
+end
+for _, key in ipairs(rid_order) do
+  local ids = {}
+  for id in pairs(rids[key]) do ids[#ids + 1] = id end
+  local got = redis.pcall('HMGET', key, unpack(ids))
+  if got.err then
+    rid_bad[key] = got.err
+  else
+    local fields = rids[key]
+    for j = 1, #ids do fields[ids[j]] = got[j] or false end
+  end
+  rid_new[key] = {}
+end
+
+-- A refusal: counted in the statistics, recorded under a client key.
+local function reject(client, idem, fp, ttl, a, b, c)
+  local field = 'rej:' .. ((a == 'limit' or a == 'not_eligible') and b or a)
+  rejected[field] = (rejected[field] or 0) + 1
+  local out = {a}
+  if b then out[2] = b end
+  if c then out[3] = c end
+  if client then
+    redis.call('SET', idem, fp .. '|' .. table.concat(out, '|'), 'EX', ttl)
+  end
+  out[#out + 1] = '0'
+  return out
+end
 
 -- One claim: K is the index of its first key, A of its first argument.
-local function claim(K, A)
-  local now, ttl, bucket, deadline = int(ARGV[A]), int(ARGV[A + 5]), int(ARGV[A + 7]), int(ARGV[A + 9])
-  if not (now and ttl and bucket and deadline) or ttl < 1 or #ARGV[A + 4] == 0 then
+local function claim(K, A, rule_out)
+  local now, ttl, bucket = int(ARGV[A]), int(ARGV[A + 5]), int(ARGV[A + 7])
+  if not (now and ttl and bucket) or ttl < 1 or #ARGV[A + 4] == 0 then
     return {'error', 'claim.lua: bad arguments'}
   end
-  if deadline > 0 and time_ms > deadline then return {'late'} end
   local client = ARGV[A + 6] == 'c'
   local phone, device, ip = ARGV[A + 1], ARGV[A + 2], ARGV[A + 3]
-  local idem = KEYS[K + 3]
+  local idem, fp = KEYS[K + 3], ARGV[A + 4]
 
   -- 1. Idempotency: the first answer for this key (or request id) wins.
   local rec
-  if client then rec = redis.call('GET', idem) else rec = redis.call('HGET', idem, ARGV[A + 10]) end
+  if client then
+    rec = redis.call('GET', idem)
+  else
+    if rid_bad[idem] then return {'error', rid_bad[idem]} end
+    rec = rid_new[idem][ARGV[A + 10]] or rids[idem][ARGV[A + 10]]
+  end
   if rec then
-    local out = {}
+    local out = rule_out
+    local first = #out
     for part in string.gmatch(rec, '[^|]+') do out[#out + 1] = part end
     if client then
-      if out[1] ~= ARGV[A + 4] then return {'reused'} end
-      table.remove(out, 1)
+      if out[first + 1] ~= fp then
+        for j = #out, first + 1, -1 do out[j] = nil end
+        out[#out + 1] = 'reused'
+        return out
+      end
+      table.remove(out, first + 1)
     end
     out[#out + 1] = '1'
     return out
   end
 
-  local function reject(a, b, c)
-    local field = 'rej:' .. ((a == 'limit' or a == 'not_eligible') and b or a)
-    rejected[field] = (rejected[field] or 0) + 1
-    local out = {a}
-    if b then out[2] = b end
-    if c then out[3] = c end
-    if client then
-      redis.call('SET', idem, ARGV[A + 4] .. '|' .. table.concat(out, '|'), 'EX', ttl)
-    end
-    out[#out + 1] = '0'
-    return out
+  local function refuse(a, b, c)
+    local out = reject(client, idem, fp, ttl, a, b, c)
+    if #rule_out == 0 then return out end
+    for j = 1, #out do rule_out[#rule_out + 1] = out[j] end
+    return rule_out
   end
 
   -- 2. The campaign's state, window, stock and rollout.
-  if not m[1] then return {'not_found', '0'} end
-  if m[1] ~= 'active' then return reject('not_active', m[1]) end
-  if now < starts then return reject('not_active', 'scheduled', tostring(starts)) end
-  if ends > 0 and now >= ends then return reject('not_active', 'ended') end
-  if issued - void >= stock then return reject('sold_out') end
-  if bucket >= rollout then return reject('not_eligible', 'rollout') end
+  if not m[1] then rule_out[#rule_out + 1] = 'not_found'; rule_out[#rule_out + 1] = '0'; return rule_out end
+  if m[1] ~= 'active' then return refuse('not_active', m[1]) end
+  if now < starts then return refuse('not_active', 'scheduled', tostring(starts)) end
+  if ends > 0 and now >= ends then return refuse('not_active', 'ended') end
+  if issued - void >= stock then return refuse('sold_out') end
+  if bucket >= rollout then return refuse('not_eligible', 'rollout') end
 
   -- 3. Quotas: counted always (so a limit added later sees past claims),
   --    enforced when set (> 0).
@@ -152,68 +235,108 @@ local function claim(K, A)
   local ud = int(redis.call('HGET', KEYS[K + 1], device))
   local ui = int(redis.call('HGET', KEYS[K + 2], ip))
   if not (up and ud and ui) then return {'error', 'claim.lua: corrupt quota counter'} end
-  if lp > 0 and up >= lp then return reject('limit', 'per_phone') end
-  if ld > 0 and ud >= ld then return reject('limit', 'per_device') end
-  if li > 0 and ui >= li then return reject('limit', 'per_ip') end
+  if lp > 0 and up >= lp then return refuse('limit', 'per_phone') end
+  if ld > 0 and ud >= ld then return refuse('limit', 'per_device') end
+  if li > 0 and ui >= li then return refuse('limit', 'per_ip') end
 
   -- 4. Every check passed: charge. The events this claim fires are known now.
   local serial = issued + 1
   local remaining = stock - (issued - void) - 1
-  local events = {}
+  local events
   if m[13] == '1' then
-    if low_at >= 0 and remaining <= low_at and not low_fired then events[#events + 1] = 'campaign.low_stock' end
-    if remaining == 0 then events[#events + 1] = 'campaign.sold_out' end
-    if #events > 0 then
+    if low_at >= 0 and remaining <= low_at and not low_fired then events = {'campaign.low_stock'} end
+    if remaining == 0 then
+      events = events or {}
+      events[#events + 1] = 'campaign.sold_out'
+    end
+    if events then
       local ty = redis.call('TYPE', KEYS[3])['ok']
       if ty ~= 'none' and ty ~= 'stream' then
         return {'error', 'WRONGTYPE ' .. KEYS[3] .. ' holds a ' .. ty .. ', expected stream'}
       end
     end
   end
-  local expires = 0
-  if valid_ms > 0 then expires = now + valid_ms end
-  local exp_s = string.format('%d', expires)
-  redis.call('HSET', KEYS[2] .. ':' .. math.floor(serial / 64), serial % 64,
+  local exp_s = '0'
+  if valid_ms > 0 then exp_s = tostring(now + valid_ms) end
+  redis.call('HSET', KEYS[2] .. ':' .. floor(serial / 64), serial % 64,
     phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
-  redis.call('HINCRBY', KEYS[1], 'issued', 1)
   issued = serial
-  redis.call('HINCRBY', KEYS[K], phone, 1)
-  redis.call('HINCRBY', KEYS[K + 1], device, 1)
-  redis.call('HINCRBY', KEYS[K + 2], ip, 1)
+  redis.call('HSET', KEYS[K], phone, up + 1)
+  redis.call('HSET', KEYS[K + 1], device, ud + 1)
+  redis.call('HSET', KEYS[K + 2], ip, ui + 1)
   local result = 'ok|' .. serial .. '|' .. ARGV[A] .. '|' .. exp_s
   if client then
-    redis.call('SET', idem, ARGV[A + 4] .. '|' .. result, 'EX', ttl)
+    redis.call('SET', idem, fp .. '|' .. result, 'EX', ttl)
   else
-    redis.call('HSET', idem, ARGV[A + 10], result)
-    if not expiring[idem] then
-      expiring[idem] = true
-      redis.call('EXPIREAT', idem, ARGV[A + 11], 'NX')
-    end
+    local new = rid_new[idem]
+    new[#new + 1] = ARGV[A + 10]
+    new[#new + 1] = result
+    new[ARGV[A + 10]] = result
+    new.expire_at = ARGV[A + 11]
   end
-  local minute = 'm:' .. math.floor(now / 60000)
+  local minute = 'm:' .. floor(now / 60000)
   per_minute[minute] = (per_minute[minute] or 0) + 1
 
   -- 5. Alerts: the claim that crosses a threshold writes its event, once.
-  for _, name in ipairs(events) do
-    if name == 'campaign.low_stock' then
-      redis.call('HSET', KEYS[1], 'low_fired', '1')
-      low_fired = true
+  if events then
+    for _, name in ipairs(events) do
+      if name == 'campaign.low_stock' then
+        redis.call('HSET', KEYS[1], 'low_fired', '1')
+        low_fired = true
+      end
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', name,
+        'stock', tostring(stock), 'remaining', tostring(remaining), 'at_ms', ARGV[A])
     end
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', name,
-      'stock', tostring(stock), 'remaining', tostring(remaining), 'at_ms', ARGV[A])
   end
-  return {'ok', tostring(serial), ARGV[A], exp_s, '0'}
+  local out = rule_out
+  out[#out + 1] = 'ok'; out[#out + 1] = tostring(serial); out[#out + 1] = ARGV[A]
+  out[#out + 1] = exp_s; out[#out + 1] = '0'
+  return out
+end
+
+-- One claim with its rules: past its deadline nothing is read or written;
+-- then its rules (rules_core.lua, prepended by store::scripts); a refusal
+-- there ends it.
+local function checked(K, A)
+  local deadline = int(ARGV[A + 9])
+  if not deadline then return {'error', 'claim.lua: bad arguments'} end
+  if deadline > 0 and time_ms > deadline then return {'late'} end
+  local r = int(ARGV[A + 12])
+  local rule_out = {}
+  if r > 0 then
+    rule_out = rules_run('check', int(ARGV[A]), r, K + 3, A + 12)
+    if rule_out.err then return {'error', rule_out.err} end
+    for j = 1, #rule_out, 5 do
+      if rule_out[j] == 'over' then
+        rule_out[#rule_out + 1] = 'refused'
+        return rule_out
+      end
+    end
+  end
+  return claim(K, A, rule_out)
 end
 
 local out = {}
 for i = 1, n do
-  local ok, res = pcall(claim, 4 + 4 * (i - 1) + 1, 1 + 12 * (i - 1) + 1)
+  local ok, res = pcall(checked, ks[i], as[i])
   if not ok then
     local msg = res
     if type(res) == 'table' then msg = res.err or res.message or 'error' end
     res = {'error', tostring(msg)}
   end
   out[i] = res
+end
+
+-- What the batch wrote once for all its claims: cannot fail (see ATOMICITY).
+if issued ~= issued_at_start then
+  redis.call('HSET', KEYS[1], 'issued', tostring(issued))
+end
+for _, key in ipairs(rid_order) do
+  local new = rid_new[key]
+  if #new > 0 then
+    redis.call('HSET', key, unpack(new))
+    redis.call('EXPIREAT', key, new.expire_at, 'NX')
+  end
 end
 
 -- Statistics, summed over the batch: best effort.

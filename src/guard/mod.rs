@@ -34,10 +34,10 @@ use crate::domain::limits::{BanKind, Count, Defaults, Endpoint, RuleSet};
 use crate::domain::ratelimit::{RateState, ceil_secs};
 use crate::error::{ApiError, BlockReason};
 use crate::store::Store;
-use crate::store::rules::{BanRecord, RuleCall, RuleStatus};
+use crate::store::rules::{BanRecord, RuleCall, RuleResult, RuleStatus};
 use bans::BanCache;
 pub use reload::read_rules;
-use rules::{Decision, Subject, by_slot, plan};
+use rules::{Decision, Planned, Subject, by_slot, plan};
 use shield::Shield;
 
 /// How the client address is read.
@@ -88,6 +88,39 @@ pub struct Who<'a> {
 pub struct Verdict {
     pub rate: Option<RateState>,
     settle: Vec<(Count, RuleCall)>,
+}
+
+/// The rules a request must still pass: which rules of the file in force
+/// look at it, with their calls (see [`Guard::prepare`]).
+#[derive(Debug)]
+pub struct Pending {
+    limits: Arc<Limits>,
+    subject: Subject,
+    /// (the rule's place in the file, its call)
+    planned: Vec<(usize, RuleCall)>,
+    now_ms: i64,
+}
+
+impl Pending {
+    fn none(limits: Arc<Limits>) -> Self {
+        Self {
+            limits,
+            subject: Subject::default(),
+            planned: Vec::new(),
+            now_ms: 0,
+        }
+    }
+
+    /// True when no rule looks at the request.
+    pub fn is_empty(&self) -> bool {
+        self.planned.is_empty()
+    }
+
+    /// The rules' calls, in order (for a use case that checks them in its
+    /// own script call).
+    pub fn calls(&self) -> Vec<RuleCall> {
+        self.planned.iter().map(|(_, c)| c.clone()).collect()
+    }
 }
 
 /// How a request ended, as `successes`/`failures` rules count it.
@@ -292,12 +325,26 @@ impl Guard {
         client: &Client,
         who: Who<'_>,
     ) -> Result<Verdict, ApiError> {
+        let pending = self.prepare(endpoint, client, who)?;
+        self.run(pending).await
+    }
+
+    /// Block list, bans and allow list (in-process), then which rules of
+    /// `endpoint` look at the request: the checks still to make, by
+    /// [`Guard::run`] or inside the use case's own script call (a claim on
+    /// a single node), then judged by [`Guard::decide`].
+    pub fn prepare(
+        &self,
+        endpoint: Endpoint,
+        client: &Client,
+        who: Who<'_>,
+    ) -> Result<Pending, ApiError> {
         if let Some(refusal) = self.blocked(client, &who) {
             return Err(refusal);
         }
         let limits = self.limits.load_full();
         if limits.set.rules.is_empty() || self.allowed(client, &who) {
-            return Ok(Verdict::default());
+            return Ok(Pending::none(limits));
         }
         let subject = Subject {
             campaign: who.campaign.map(str::to_owned),
@@ -306,45 +353,95 @@ impl Guard {
             device: who.device.map(|(_, d)| d.clone()),
             user: who.user.map(|u| self.ids.user(u)),
         };
-        let planned = plan(&limits.set, endpoint, &subject);
-        if planned.is_empty() {
+        let planned: Vec<(usize, RuleCall)> = plan(&limits.set, endpoint, &subject)
+            .into_iter()
+            .map(|p| (p.index, p.call))
+            .collect();
+        Ok(Pending {
+            limits,
+            subject,
+            planned,
+            now_ms: self.clock.now_ms(),
+        })
+    }
+
+    /// Checks the pending rules, one script call per hash slot, and judges.
+    pub async fn run(&self, pending: Pending) -> Result<Verdict, ApiError> {
+        if pending.planned.is_empty() {
             return Ok(Verdict::default());
         }
-        let now = self.clock.now_ms();
-        let mut decision = Decision::default();
-        let mut bans: Vec<(String, BanRecord)> = Vec::new();
+        let planned: Vec<Planned<'_>> = pending
+            .planned
+            .iter()
+            .map(|(index, call)| Planned {
+                rule: &pending.limits.set.rules[*index],
+                index: *index,
+                call: call.clone(),
+            })
+            .collect();
+        let mut results = vec![None; planned.len()];
         for group in by_slot(&planned, self.store.is_cluster()) {
             let calls: Vec<RuleCall> = group.iter().map(|p| p.call.clone()).collect();
-            let results = self.store.check_rules(now, &calls).await?;
-            for (p, r) in group.iter().zip(&results) {
-                let label = match r.status {
-                    RuleStatus::Ok => "allowed",
-                    RuleStatus::Over => "limited",
-                    RuleStatus::Shadow => "shadow_limited",
-                };
-                metrics::counter!("stampede_rule_decisions_total", "rule" => p.rule.name.clone(), "decision" => label)
-                    .increment(1);
-                decision.add(p.rule, r);
-                if r.ban_ms > 0 {
-                    for kind in p.rule.ban_kinds() {
-                        let who = match kind {
-                            BanKind::Ip => subject.ip.as_ref(),
-                            BanKind::Phone => subject.phone.as_ref(),
-                            BanKind::Device => subject.device.as_ref(),
-                        };
-                        if let Some(who) = who {
-                            bans.push((
-                                bans::subject(kind, who),
-                                BanRecord {
-                                    until_ms: now + r.ban_ms as i64,
-                                    started_ms: now,
-                                    source: format!("rule:{}", p.rule.name),
-                                    by: p.rule.name.clone(),
-                                    reason: format!("over the rule {} too often", p.rule.name),
-                                    level: r.level,
-                                },
-                            ));
-                        }
+            let answers = self.store.check_rules(pending.now_ms, &calls).await?;
+            for (p, r) in group.iter().zip(answers) {
+                if let Some(pos) = planned.iter().position(|q| std::ptr::eq(q, *p)) {
+                    results[pos] = Some(r);
+                }
+            }
+        }
+        let results: Vec<RuleResult> = results.into_iter().flatten().collect();
+        drop(planned);
+        self.decide(pending, &results).await
+    }
+
+    /// Judges the answers of the pending rules (in their order): metrics,
+    /// bans started, then a refusal or the verdict of an admitted request.
+    pub async fn decide(
+        &self,
+        pending: Pending,
+        results: &[RuleResult],
+    ) -> Result<Verdict, ApiError> {
+        if results.len() != pending.planned.len() {
+            tracing::error!(
+                "the rules answered {} of {} checks",
+                results.len(),
+                pending.planned.len()
+            );
+            return Err(ApiError::Internal);
+        }
+        let now = pending.now_ms;
+        let subject = &pending.subject;
+        let mut decision = Decision::default();
+        let mut bans: Vec<(String, BanRecord)> = Vec::new();
+        for ((index, _), r) in pending.planned.iter().zip(results) {
+            let rule = &pending.limits.set.rules[*index];
+            let label = match r.status {
+                RuleStatus::Ok => "allowed",
+                RuleStatus::Over => "limited",
+                RuleStatus::Shadow => "shadow_limited",
+            };
+            metrics::counter!("stampede_rule_decisions_total", "rule" => rule.name.clone(), "decision" => label)
+                .increment(1);
+            decision.add(rule, r);
+            if r.ban_ms > 0 {
+                for kind in rule.ban_kinds() {
+                    let who = match kind {
+                        BanKind::Ip => subject.ip.as_ref(),
+                        BanKind::Phone => subject.phone.as_ref(),
+                        BanKind::Device => subject.device.as_ref(),
+                    };
+                    if let Some(who) = who {
+                        bans.push((
+                            bans::subject(kind, who),
+                            BanRecord {
+                                until_ms: now + r.ban_ms as i64,
+                                started_ms: now,
+                                source: format!("rule:{}", rule.name),
+                                by: rule.name.clone(),
+                                reason: format!("over the rule {} too often", rule.name),
+                                level: r.level,
+                            },
+                        ));
                     }
                 }
             }
@@ -359,12 +456,17 @@ impl Guard {
                 rate: Some(Box::new(state.clone())),
             });
         }
+        let limits = &pending.limits;
         Ok(Verdict {
             rate: decision.tightest,
-            settle: planned
+            settle: pending
+                .planned
                 .into_iter()
-                .filter(|p| p.rule.distinct.is_none() && p.rule.count != Count::Requests)
-                .map(|p| (p.rule.count, p.call))
+                .filter(|(index, _)| {
+                    let rule = &limits.set.rules[*index];
+                    rule.distinct.is_none() && rule.count != Count::Requests
+                })
+                .map(|(index, call)| (limits.set.rules[index].count, call))
                 .collect(),
         })
     }

@@ -55,6 +55,8 @@ impl Subject {
 #[derive(Debug, Clone)]
 pub struct Planned<'a> {
     pub rule: &'a Rule,
+    /// The rule's place in the file (`RuleSet::rules`).
+    pub index: usize,
     pub call: RuleCall,
 }
 
@@ -81,8 +83,9 @@ fn key_tag(rule: &Rule, subject: &Subject) -> Option<String> {
 pub fn plan<'a>(set: &'a RuleSet, endpoint: Endpoint, subject: &Subject) -> Vec<Planned<'a>> {
     set.rules
         .iter()
-        .filter(|r| r.applies(endpoint, subject.campaign.as_deref()))
-        .filter_map(|rule| {
+        .enumerate()
+        .filter(|(_, r)| r.applies(endpoint, subject.campaign.as_deref()))
+        .filter_map(|(index, rule)| {
             let tag = key_tag(rule, subject)?;
             let member = match rule.distinct {
                 Some(p) => subject.value(p)?.to_owned(),
@@ -98,6 +101,7 @@ pub fn plan<'a>(set: &'a RuleSet, endpoint: Endpoint, subject: &Subject) -> Vec<
             let ban_max_ms = ban.and_then(|b| b.max_ms).unwrap_or(BAN_CAP_MS);
             Some(Planned {
                 rule,
+                index,
                 call: RuleCall {
                     hash,
                     zset,

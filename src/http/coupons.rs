@@ -70,19 +70,30 @@ pub async fn claim(
         device: Some((&cmd.device, &claimant.device)),
         user: cmd.user_id.as_deref(),
     };
-    let verdict = match services.guard.check(Endpoint::Claim, &client, who).await {
-        Ok(v) => v,
-        Err(e) => {
-            if let ApiError::LimitExceeded { limit, .. } = &e {
-                services
-                    .campaigns
-                    .count_rule_refusal(&cmd.campaign, limit)
-                    .await;
-            }
-            return Err(e);
-        }
+    let pending = services.guard.prepare(Endpoint::Claim, &client, who)?;
+    // On a single node the rules go in the claim's own script call (one
+    // round trip, one batch); a claim under an Idempotency-Key keeps the
+    // order of its own key's record (rules, then the key) with two calls.
+    let together =
+        !pending.is_empty() && caller.ctx.idempotency_key.is_none() && !services.store.is_cluster();
+    let (verdict, result) = if together {
+        let calls = pending.calls();
+        let checked = services
+            .claims
+            .claim_with_rules(&cmd, &claimant, &caller.ctx, &calls)
+            .await?;
+        let verdict = match checked.rules {
+            Some(results) => services.guard.decide(pending, &results).await,
+            None => services.guard.run(pending).await,
+        };
+        let verdict = refused_by_rule(services, &cmd.campaign, verdict).await?;
+        (verdict, checked.result.unwrap_or(Err(ApiError::Internal)))
+    } else {
+        let verdict = services.guard.run(pending).await;
+        let verdict = refused_by_rule(services, &cmd.campaign, verdict).await?;
+        let result = services.claims.claim(&cmd, &claimant, &caller.ctx).await;
+        (verdict, result)
     };
-    let result = services.claims.claim(&cmd, &claimant, &caller.ctx).await;
     let outcome = outcome_of(&result);
     finish(
         &services.guard,
@@ -91,6 +102,18 @@ pub async fn claim(
         result.map(|i| HttpResponse::Created().json(ClaimResponse::from(i))),
     )
     .await
+}
+
+/// Counts a claim a rate rule refused in its campaign's statistics.
+async fn refused_by_rule(
+    services: &Services,
+    campaign: &crate::domain::campaign::CampaignId,
+    verdict: Result<Verdict, ApiError>,
+) -> Result<Verdict, ApiError> {
+    if let Err(ApiError::LimitExceeded { limit, .. }) = &verdict {
+        services.campaigns.count_rule_refusal(campaign, limit).await;
+    }
+    verdict
 }
 
 /// Settles the outcome rules and sends the RateLimit headers of the

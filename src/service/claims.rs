@@ -14,6 +14,7 @@ use crate::service::catalog::Catalog;
 use crate::service::idempotency::Idempotency;
 use crate::service::soldout::SoldOut;
 use crate::store::keys::CampaignKeys;
+use crate::store::rules::{RuleCall, RuleResult};
 use crate::store::{ClaimIds, ClaimOutcome, Store};
 
 /// A parsed claim.
@@ -33,6 +34,16 @@ pub struct Claimant {
     pub phone: Pseudonym,
     pub device: Pseudonym,
     pub ip: Pseudonym,
+}
+
+/// A claim checked with its rules in one call.
+#[derive(Debug)]
+pub struct Checked {
+    /// The rules' answers; `None` when the claim was refused before its
+    /// script call, so its rules were not run.
+    pub rules: Option<Vec<RuleResult>>,
+    /// The claim's result; `None` when a rule refused it (not tried).
+    pub result: Option<Result<Issued, ApiError>>,
 }
 
 /// An issued coupon.
@@ -141,12 +152,29 @@ impl ClaimService {
         who: &Claimant,
         ctx: &RequestContext,
     ) -> Result<Issued, ApiError> {
+        let checked = self.claim_with_rules(cmd, who, ctx, &[]).await?;
+        checked.result.unwrap_or(Err(ApiError::Internal))
+    }
+
+    /// Claims one coupon for `who`, with `rules` checked (and charged) in
+    /// the claim's own script call, before the claim (single node only).
+    /// The rules are not run when the claim is refused before its call
+    /// (`rules: None`): the caller runs them on their own then.
+    pub async fn claim_with_rules(
+        &self,
+        cmd: &ClaimCommand,
+        who: &Claimant,
+        ctx: &RequestContext,
+        rules: &[RuleCall],
+    ) -> Result<Checked, ApiError> {
+        let early = |e: ApiError| Checked {
+            rules: None,
+            result: Some(Err(e)),
+        };
         let id = &cmd.campaign;
-        let info = self
-            .catalog
-            .get(id)
-            .await?
-            .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))?;
+        let Some(info) = self.catalog.get(id).await? else {
+            return Ok(early(ApiError::CampaignNotFound(id.to_string())));
+        };
         let fingerprint = self.idem.digest(&[
             b"claim",
             id.as_str().as_bytes(),
@@ -155,7 +183,12 @@ impl ClaimService {
             cmd.user_id.as_deref().unwrap_or("").as_bytes(),
             cmd.channel.as_deref().unwrap_or("").as_bytes(),
         ]);
-        self.idem.own(&self.store, ctx, &fingerprint).await?;
+        if let Err(e) = self.idem.own(&self.store, ctx, &fingerprint).await {
+            return match e {
+                ApiError::Unavailable => Err(e),
+                e => Ok(early(e)),
+            };
+        }
         if !info.channels.is_empty()
             && !cmd
                 .channel
@@ -165,13 +198,13 @@ impl ClaimService {
             if let Err(e) = self.store.count_refusal(&info.keys, "rej:channel").await {
                 tracing::debug!(error = %e, "refusal not counted");
             }
-            return Err(ApiError::NotEligible(format!(
+            return Ok(early(ApiError::NotEligible(format!(
                 "channels: this campaign takes claims from {} only",
                 info.channels.join(", ")
-            )));
+            ))));
         }
         let idem = self.idem.record(ctx, fingerprint);
-        let (outcome, replayed) = self
+        let reply = self
             .store
             .claim(
                 &info.keys,
@@ -185,8 +218,31 @@ impl ClaimService {
                 &idem,
                 rollout_bucket(&who.phone),
                 cmd.channel.as_deref().unwrap_or(""),
+                rules,
             )
             .await?;
+        let Some((outcome, replayed)) = reply.outcome else {
+            return Ok(Checked {
+                rules: Some(reply.rules),
+                result: None,
+            });
+        };
+        let result = self.answer(&info, id, outcome, replayed);
+        Ok(Checked {
+            rules: Some(reply.rules),
+            result: Some(result),
+        })
+    }
+
+    /// The answer to a claim the script ran: metrics, the in-process
+    /// memory of refusals every claim gets, the minted code.
+    fn answer(
+        &self,
+        info: &crate::service::catalog::CampaignInfo,
+        id: &CampaignId,
+        outcome: ClaimOutcome,
+        replayed: bool,
+    ) -> Result<Issued, ApiError> {
         let label = match &outcome {
             ClaimOutcome::Issued { .. } => "issued",
             ClaimOutcome::NotFound => "campaign_not_found",

@@ -8,14 +8,28 @@ use crate::store::Idem;
 use crate::store::batch;
 use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
+use crate::store::rules::{RuleCall, RuleResult, parse_rule_results, push_rule_calls};
 use crate::store::scripts;
 
-/// One claim's own keys (quota buckets, idempotency record) and arguments,
-/// as `claim.lua` takes them, and how to take it back.
+/// One claim's own keys (quota buckets, idempotency record, its rules'
+/// keys) and arguments, as `claim.lua` takes them, and how to take it back.
 pub(super) struct ClaimCall {
-    keys: [String; 4],
-    args: [String; 12],
+    keys: Vec<String>,
+    args: Vec<String>,
+    /// How many rules lead its reply (5 strings each).
+    rules: usize,
     void: Option<VoidClaim>,
+}
+
+/// What the claim script answered for one claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimReply {
+    /// The answers of the rules checked in the claim's call (none when the
+    /// call carried no rules).
+    pub rules: Vec<RuleResult>,
+    /// What the claim did, and whether it was a replay; `None` when an
+    /// enforced rule refused it (the claim was not tried).
+    pub outcome: Option<(ClaimOutcome, bool)>,
 }
 
 /// What a claim did.
@@ -91,6 +105,8 @@ impl Store {
     /// service has given up is refused there, so a `503` means not charged
     /// (unless the connection dropped, where the outcome stays unknown).
     /// Claims on one campaign are sent to Redis in batches (`store::batch`).
+    /// `rules` are checked (and charged) in the same call, before the claim:
+    /// only on a single node, where every key is in one slot.
     #[allow(clippy::too_many_arguments)]
     pub async fn claim(
         &self,
@@ -101,7 +117,9 @@ impl Store {
         idem: &Idem,
         rollout_bucket: u8,
         channel: &str,
-    ) -> Result<(ClaimOutcome, bool)> {
+        rules: &[RuleCall],
+    ) -> Result<ClaimReply> {
+        debug_assert!(rules.is_empty() || !self.is_cluster());
         let deadline_ms = self.script_deadline_ms();
         let (phone, device, ip) = (
             keys::short(who.phone),
@@ -135,23 +153,30 @@ impl Store {
             rids: idem_key.clone(),
             rid: rid.to_owned(),
         });
-        let [qp, qd, qi] = quotas;
+        let mut call_keys = Vec::with_capacity(4 + 2 * rules.len());
+        call_keys.extend(quotas);
+        call_keys.push(idem_key);
+        let mut args = Vec::with_capacity(13 + 10 * rules.len());
+        args.extend([
+            now_ms.to_string(),
+            phone,
+            device,
+            ip,
+            idem.fingerprint.clone(),
+            idem.ttl_secs.to_string(),
+            mode.to_owned(),
+            rollout_bucket.to_string(),
+            channel.to_owned(),
+            deadline_ms.to_string(),
+            rid.to_owned(),
+            (rid_second + 2).to_string(),
+            rules.len().to_string(),
+        ]);
+        push_rule_calls(rules, &mut call_keys, &mut args);
         let call = ClaimCall {
-            keys: [qp, qd, qi, idem_key],
-            args: [
-                now_ms.to_string(),
-                phone,
-                device,
-                ip,
-                idem.fingerprint.clone(),
-                idem.ttl_secs.to_string(),
-                mode.to_owned(),
-                rollout_bucket.to_string(),
-                channel.to_owned(),
-                deadline_ms.to_string(),
-                rid.to_owned(),
-                (rid_second + 2).to_string(),
-            ],
+            keys: call_keys,
+            args,
+            rules: rules.len(),
             void,
         };
         let lane = keys.meta();
@@ -167,6 +192,22 @@ impl Store {
                 store.flush_claims(shared)
             })
             .await?;
+        match out.first().map(String::as_str) {
+            Some("late") => return Err(StoreError::Timeout(self.deadline())),
+            Some("error") => {
+                return Err(StoreError::Script(out.get(1).cloned().unwrap_or_default()));
+            }
+            _ => {}
+        }
+        let split = (5 * rules.len()).min(out.len());
+        let rule_results = parse_rule_results(&out[..split], rules.len())?;
+        let out = &out[split..];
+        if out.first().is_some_and(|s| s == "refused") {
+            return Ok(ClaimReply {
+                rules: rule_results,
+                outcome: None,
+            });
+        }
         let bad = || StoreError::Protocol(format!("claim: {out:?}"));
         let replayed = out.len() > 1 && out.last().is_some_and(|r| r == "1");
         let outcome = match out.first().map(String::as_str) {
@@ -175,10 +216,6 @@ impl Store {
                 claimed_ms: parse(out.get(2), "claimed_ms")?,
                 expires_ms: parse(out.get(3), "expires_ms")?,
             },
-            Some("late") => return Err(StoreError::Timeout(self.deadline())),
-            Some("error") => {
-                return Err(StoreError::Script(out.get(1).cloned().unwrap_or_default()));
-            }
             Some("not_found") => ClaimOutcome::NotFound,
             Some("not_active") => ClaimOutcome::NotActive {
                 state: out.get(1).cloned().ok_or_else(bad)?,
@@ -194,7 +231,10 @@ impl Store {
             Some("reused") => ClaimOutcome::KeyReused,
             _ => return Err(bad()),
         };
-        Ok((outcome, replayed))
+        Ok(ClaimReply {
+            rules: rule_results,
+            outcome: Some((outcome, replayed)),
+        })
     }
 
     /// Sends the campaign's queued claims, a batch at a time, until none
@@ -224,6 +264,7 @@ impl Store {
             for (q, reply) in batch.into_iter().zip(replies) {
                 // Sending fails only when the caller stopped waiting (503).
                 if let Err(Ok(late)) = q.reply.send(reply) {
+                    let late = late.get(5 * q.call.rules..).unwrap_or_default();
                     let fresh = late.first().is_some_and(|s| s == "ok")
                         && late.last().is_some_and(|s| s == "0");
                     let serial = late.get(1).and_then(|s| s.parse::<u64>().ok());

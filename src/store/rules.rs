@@ -93,6 +93,13 @@ fn rule_args(now_ms: i64, mode: &str, calls: &[RuleCall]) -> (Vec<String>, Vec<S
     args.push(mode.to_owned());
     args.push(now_ms.to_string());
     args.push(calls.len().to_string());
+    push_rule_calls(calls, &mut keys, &mut args);
+    (keys, args)
+}
+
+/// Appends each rule's 2 keys and 10 arguments, as `rules_core.lua` takes
+/// them (the rules' own calls and the claim script's rules section).
+pub(super) fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<String>) {
     for c in calls {
         keys.push(c.hash.clone());
         keys.push(c.zset.clone());
@@ -114,7 +121,30 @@ fn rule_args(now_ms: i64, mode: &str, calls: &[RuleCall]) -> (Vec<String>, Vec<S
         args.push(c.ban_max_ms.to_string());
         args.push(c.decay_ms.to_string());
     }
-    (keys, args)
+}
+
+/// The answers of `n` rules (5 strings each, as `rules_core.lua`'s check
+/// returns them).
+pub(super) fn parse_rule_results(out: &[String], n: usize) -> Result<Vec<RuleResult>> {
+    if out.len() != n * 5 {
+        return Err(StoreError::Protocol(format!("rules: {out:?}")));
+    }
+    out.chunks(5)
+        .map(|c| {
+            Ok(RuleResult {
+                status: match c[0].as_str() {
+                    "ok" => RuleStatus::Ok,
+                    "over" => RuleStatus::Over,
+                    "shadow" => RuleStatus::Shadow,
+                    s => return Err(StoreError::Protocol(format!("rules status {s}"))),
+                },
+                remaining: parse(c.get(1), "remaining")?,
+                reset_ms: parse(c.get(2), "reset_ms")?,
+                ban_ms: parse(c.get(3), "ban_ms")?,
+                level: parse(c.get(4), "level")?,
+            })
+        })
+        .collect()
 }
 
 /// One request's rule check, as `rules.lua` takes it.
@@ -157,25 +187,7 @@ impl Store {
         if out.first().is_some_and(|s| s == "error") {
             return Err(StoreError::Script(out.get(1).cloned().unwrap_or_default()));
         }
-        if out.len() != calls.len() * 5 {
-            return Err(StoreError::Protocol(format!("rules: {out:?}")));
-        }
-        out.chunks(5)
-            .map(|c| {
-                Ok(RuleResult {
-                    status: match c[0].as_str() {
-                        "ok" => RuleStatus::Ok,
-                        "over" => RuleStatus::Over,
-                        "shadow" => RuleStatus::Shadow,
-                        s => return Err(StoreError::Protocol(format!("rules status {s}"))),
-                    },
-                    remaining: parse(c.get(1), "remaining")?,
-                    reset_ms: parse(c.get(2), "reset_ms")?,
-                    ban_ms: parse(c.get(3), "ban_ms")?,
-                    level: parse(c.get(4), "level")?,
-                })
-            })
-            .collect()
+        parse_rule_results(&out, calls.len())
     }
 
     /// Sends the lane's queued checks, a batch at a time, until none waits

@@ -13,12 +13,24 @@ macro_rules! script {
     };
 }
 
-script!(CLAIM, "claim.lua");
+/// A script whose text starts with the rules engine (`rules_core.lua`).
+macro_rules! with_rules {
+    ($name:ident, $file:literal) => {
+        pub static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../../lua/rules_core.lua"),
+                include_str!(concat!("../../lua/", $file))
+            ))
+        });
+    };
+}
+
+with_rules!(CLAIM, "claim.lua");
 script!(REDEEM, "redeem.lua");
 script!(ROLLBACK, "rollback.lua");
 script!(INSPECT_CODE, "inspect_code.lua");
 script!(CREATE_CAMPAIGN, "create_campaign.lua");
-script!(RULES, "rules.lua");
+with_rules!(RULES, "rules.lua");
 script!(TRANSITION, "transition.lua");
 script!(PATCH_CAMPAIGN, "patch_campaign.lua");
 script!(BAN, "ban.lua");

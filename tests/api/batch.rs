@@ -66,14 +66,23 @@ async fn concurrent_claims_share_calls_and_never_over_issue() {
 
 /// One call of claim.lua with `claims` as (phone, device key, device).
 fn call(id: &str, now: &str, claims: &[(&str, &str, &str)]) -> redis::Cmd {
+    call_with_rids(id, now, claims, usize::MAX)
+}
+
+/// The same, with request ids that repeat after `cycle` claims (a
+/// transport re-send that reaches the same batch).
+fn call_with_rids(id: &str, now: &str, claims: &[(&str, &str, &str)], cycle: usize) -> redis::Cmd {
     let k = |s: &str| format!("st:{{{id}}}:{s}");
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(include_str!("../../lua/claim.lua"))
-        .arg(4 + 4 * claims.len())
-        .arg(k("meta"))
-        .arg(k("cl"))
-        .arg(k("outbox"))
-        .arg(k("stats"));
+    cmd.arg(concat!(
+        include_str!("../../lua/rules_core.lua"),
+        include_str!("../../lua/claim.lua")
+    ))
+    .arg(4 + 4 * claims.len())
+    .arg(k("meta"))
+    .arg(k("cl"))
+    .arg(k("outbox"))
+    .arg(k("stats"));
     for (_, device_key, _) in claims {
         cmd.arg(k("q:p:0"))
             .arg(k(device_key))
@@ -92,10 +101,50 @@ fn call(id: &str, now: &str, claims: &[(&str, &str, &str)]) -> redis::Cmd {
             .arg("0")
             .arg("")
             .arg("0")
-            .arg(format!("rid{i}"))
-            .arg(now[..now.len() - 3].parse::<i64>().unwrap() + 60);
+            .arg(format!("rid{}", i % cycle))
+            .arg(now[..now.len() - 3].parse::<i64>().unwrap() + 60)
+            .arg(0);
     }
     cmd
+}
+
+#[tokio::test]
+async fn a_request_id_sent_twice_in_one_batch_is_charged_once() {
+    let app = spawn_app().await;
+    let id = app.create_campaign(json!({"stock": 10})).await;
+    let mut conn = app.redis().conn();
+    let now = (crate::helpers::now().unix_timestamp_nanos() / 1_000_000).to_string();
+    // Claims 0 and 2 carry request id rid0, 1 and 3 carry rid1: the second
+    // of each pair is a transport re-send that reaches the same batch.
+    let out: Vec<Vec<String>> = call_with_rids(
+        &id,
+        &now,
+        &[
+            ("pa", "q:d:0", "da"),
+            ("pb", "q:d:0", "db"),
+            ("pa", "q:d:0", "da"),
+            ("pb", "q:d:0", "db"),
+        ],
+        2,
+    )
+    .query(&mut conn)
+    .unwrap();
+    assert_eq!(out[0], ["ok", "1", &now, "0", "0"]);
+    assert_eq!(out[1], ["ok", "2", &now, "0", "0"]);
+    assert_eq!(
+        out[2],
+        ["ok", "1", &now, "0", "1"],
+        "a replay, not a charge"
+    );
+    assert_eq!(out[3], ["ok", "2", &now, "0", "1"]);
+    let c = app.campaign(&id).await;
+    assert_eq!(c["issued"].as_i64(), Some(2));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("st:{{{id}}}:rid:1"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 0, "the request-id hash expires: {ttl}");
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -181,8 +230,11 @@ async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
     };
     let batch = [request("a"), request("poison"), request("a"), request("b")];
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(include_str!("../../lua/rules.lua"))
-        .arg(batch.iter().map(|(k, _)| k.len()).sum::<usize>());
+    cmd.arg(concat!(
+        include_str!("../../lua/rules_core.lua"),
+        include_str!("../../lua/rules.lua")
+    ))
+    .arg(batch.iter().map(|(k, _)| k.len()).sum::<usize>());
     for (k, _) in &batch {
         cmd.arg(k);
     }

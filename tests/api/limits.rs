@@ -63,6 +63,47 @@ window = "1m"
     app.stop().await;
 }
 
+/// On a single node a claim's rules run in the claim's own script call;
+/// a claim refused before that call (an unknown campaign), or sent under an
+/// Idempotency-Key, runs them on their own. Every way counts the same.
+#[tokio::test]
+async fn every_claim_counts_against_its_rules_whichever_call_checks_them() {
+    let (app, _f) = spawn_app_with_rules(
+        "[[rule]]\nname = \"ip-burst\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
+        |_| {},
+    )
+    .await;
+    let c = app.create_campaign(json!({"stock": 10})).await;
+    let res = app.claim("no-such-campaign", &phone(1), "d1").await;
+    assert_problem(res, 404, "campaign_not_found").await;
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{c}/claims")))
+        .header("Idempotency-Key", "k-1")
+        .json(&json!({"phone": phone(2), "device_id": "d2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert!(header(&res, "ratelimit").starts_with(r#""ip-burst";r=1;"#));
+    let res = app.claim(&c, &phone(3), "d3").await;
+    assert_eq!(res.status(), 201);
+    assert!(
+        header(&res, "ratelimit").starts_with(r#""ip-burst";r=0;"#),
+        "{}",
+        header(&res, "ratelimit")
+    );
+    let res = app.claim(&c, &phone(4), "d4").await;
+    let body = assert_problem(res, 429, "limit_exceeded").await;
+    assert_eq!(body["limit"], "ip-burst");
+    assert_eq!(
+        app.campaign(&c).await["issued"],
+        2,
+        "the refused claim was not tried"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn exactly_limit_requests_pass_when_200_race_on_one_key() {
     let (app, _f) = spawn_app_with_rules(
