@@ -27,3 +27,12 @@ ensure_redis() {
 ensure_cc() {
   command -v cc >/dev/null || { echo "installing a C compiler..." >&2; apt_install build-essential; }
 }
+
+ensure_promtool() {
+  command -v promtool >/dev/null || { echo "installing promtool (prometheus)..." >&2; apt_install prometheus; }
+}
+
+ensure_chromium() {
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null ||
+    { echo "installing chromium..." >&2; apt_install chromium; }
+}

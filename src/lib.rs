@@ -17,8 +17,9 @@
 //!   IPv6 prefix) resolved once for every route, the in-process flood shield (governor),
 //!   block/allow lists, the in-process view of bans, and the rules engine (which rules
 //!   apply, their keys, one script call per hash slot, RateLimit headers, bans).
-//! - [`worker`]: background loops: the rules-file watcher (notify), the bans refresh, and
-//!   webhook delivery (each campaign's outbox stream, at least once, SSRF-checked).
+//! - [`worker`]: background loops: the rules-file watcher (notify), the bans refresh,
+//!   webhook delivery (each campaign's outbox stream, at least once, SSRF-checked), and
+//!   the gauges `deploy/`'s dashboard and alerts read (Redis up, each campaign's stock).
 //! - [`service`]: one file per use case (campaigns, claims, redemptions, lifecycle and
 //!   PATCH, bulk codes, reports: stats and audit) plus the campaign catalog and idempotency
 //!   records: call the store, map the outcome to API errors.

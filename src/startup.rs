@@ -222,8 +222,24 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok()
+                .inspect(|_| register_zero_series())
         })
         .clone()
+}
+
+/// The error and refusal counters dashboards and alerts watch
+/// (`deploy/`), shown at 0 from the start, so `rate()` and `increase()`
+/// see their first event.
+fn register_zero_series() {
+    metrics::counter!("stampede_store_errors_total").increment(0);
+    metrics::counter!("stampede_store_unavailable_total").increment(0);
+    metrics::counter!("stampede_shield_refusals_total").increment(0);
+    for result in ["ok", "rejected"] {
+        metrics::counter!("stampede_rules_reloads_total", "result" => result).increment(0);
+    }
+    for reason in ["block_list", "ban"] {
+        metrics::counter!("stampede_blocked_total", "reason" => reason).increment(0);
+    }
 }
 
 /// The configured secret, or the one kept in `<data_dir>/secret` (generated

@@ -143,4 +143,10 @@ impl CampaignService {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
+
+    /// The ids of the campaigns this instance has served or created (the
+    /// ones its stock gauges report).
+    pub fn known_ids(&self) -> Vec<String> {
+        self.catalog.known_ids()
+    }
 }

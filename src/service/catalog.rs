@@ -73,6 +73,19 @@ impl Catalog {
         info
     }
 
+    /// The ids of the campaigns this instance has served or created.
+    pub fn known_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// The campaign `id`, from the cache or the store; `None` if it does not exist.
     pub async fn get(&self, id: &CampaignId) -> Result<Option<Arc<CampaignInfo>>, ApiError> {
         if let Some(i) = self

@@ -8,10 +8,13 @@
 //!   idle buckets, forgotten each minute.
 //! - the refusals answered from the sold-out memory, added to the
 //!   campaigns' stats each second.
+//! - [`campaign_gauges`]: Redis up, and each known campaign's stock,
+//!   remaining, low-stock threshold and status, every 2 s (for `deploy/`).
 //! - [`webhooks`]: the campaigns' outboxes, drained to their webhook URLs
 //!   (at least once, retried with backoff), and `campaign.ended` at `ends_at`.
 
 pub mod ban_refresh;
+pub mod campaign_gauges;
 pub mod limits_watch;
 pub mod webhooks;
 
@@ -23,6 +26,7 @@ use crate::startup::Services;
 pub fn start(services: &Arc<Services>) {
     let rt = crate::store::redis::redis_runtime();
     rt.spawn(flush_remembered(Arc::downgrade(services)));
+    rt.spawn(campaign_gauges::run(Arc::downgrade(services)));
     start_loops(services);
 }
 

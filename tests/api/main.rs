@@ -9,6 +9,7 @@ mod bulk;
 mod claims;
 mod contract;
 mod deadline;
+mod deploy;
 mod eligibility;
 mod embedded;
 mod faults;
