@@ -46,25 +46,61 @@ fn next_request_id() -> String {
 /// each worker thread: actix finds it by matching every route's pattern
 /// again, which cost more than the rest of a sold-out refusal. At most
 /// [`ROUTES_REMEMBERED`] paths are kept (then the memory starts afresh), so
-/// a flood of random paths costs memory for no more than that.
-fn route_of(req: &ServiceRequest) -> String {
+/// a flood of random paths costs memory for no more than that. Patterns are
+/// interned once for the process (there are as many as routes), so a label
+/// costs no allocation per request.
+fn route_of(req: &ServiceRequest) -> &'static str {
     use std::cell::RefCell;
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{LazyLock, Mutex};
+    static PATTERNS: LazyLock<Mutex<HashSet<&'static str>>> =
+        LazyLock::new(|| Mutex::new(HashSet::new()));
     thread_local! {
-        static ROUTES: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+        static ROUTES: RefCell<HashMap<String, &'static str>> = RefCell::new(HashMap::new());
     }
     ROUTES.with(|routes| {
         let mut routes = routes.borrow_mut();
         if let Some(r) = routes.get(req.path()) {
-            return r.clone();
+            return *r;
         }
-        let r = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+        let r: &'static str = match req.match_pattern() {
+            None => "unmatched",
+            Some(p) => {
+                let mut interned = PATTERNS.lock().unwrap_or_else(|e| e.into_inner());
+                match interned.get(p.as_str()) {
+                    Some(r) => r,
+                    None => {
+                        let r: &'static str = Box::leak(p.into_boxed_str());
+                        interned.insert(r);
+                        r
+                    }
+                }
+            }
+        };
         if routes.len() >= ROUTES_REMEMBERED {
             routes.clear();
         }
-        routes.insert(req.path().to_owned(), r.clone());
+        routes.insert(req.path().to_owned(), r);
         r
     })
+}
+
+/// The status as a label value, without an allocation for the usual ones.
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    match status {
+        200 => "200".into(),
+        201 => "201".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        404 => "404".into(),
+        409 => "409".into(),
+        422 => "422".into(),
+        429 => "429".into(),
+        500 => "500".into(),
+        503 => "503".into(),
+        s => s.to_string().into(),
+    }
 }
 
 const ROUTES_REMEMBERED: usize = 1024;
@@ -132,9 +168,9 @@ pub async fn edge(
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
     let elapsed = started.elapsed();
-    let labels = [("route", route), ("status", status.to_string())];
-    metrics::counter!("stampede_http_requests_total", &labels).increment(1);
-    metrics::histogram!("stampede_http_request_duration_seconds", &labels[..1])
+    metrics::counter!("stampede_http_requests_total", "route" => route, "status" => status_label(status))
+        .increment(1);
+    metrics::histogram!("stampede_http_request_duration_seconds", "route" => route)
         .record(elapsed.as_secs_f64());
     let ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
