@@ -61,6 +61,8 @@ pub struct Services {
     pub guard: Arc<Guard>,
     /// Webhook delivery (its signing key, its consumer name); the worker holds it weakly.
     pub webhooks: Arc<Webhooks>,
+    /// The war room's sampler and stream tokens (`GET /ops`).
+    pub warroom: Arc<crate::service::warroom::WarRoom>,
     managed: Option<ManagedRedis>,
 }
 
@@ -172,6 +174,11 @@ impl Services {
                     retry_base: std::time::Duration::from_millis(raw.webhook_retry_base_ms),
                     claim_idle: std::time::Duration::from_millis(raw.webhook_claim_idle_ms),
                 },
+            )),
+            warroom: Arc::new(crate::service::warroom::WarRoom::new(
+                store.clone(),
+                clock.clone(),
+                secret.derive("ops-stream"),
             )),
             store,
             clock,

@@ -80,6 +80,36 @@ pub async fn get(
     )))
 }
 
+/// The newest campaigns (at most `limit`, default 100, up to 1,000), newest first.
+#[utoipa::path(
+    get, path = "/v1/campaigns", tag = "campaigns",
+    params(("limit" = Option<u32>, Query, description = "1..1000, default 100")),
+    responses(
+        (status = 200, description = "The campaigns, newest first", body = crate::http::wire::campaigns::CampaignList),
+        (status = 400, description = "malformed_request: limit is not a number", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthorized", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request: limit out of range", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<crate::http::wire::campaigns::ListQuery>,
+    caller: Caller,
+) -> Result<web::Json<crate::http::wire::campaigns::CampaignList>, ApiError> {
+    caller.require(Permission::ReadCampaigns)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 1000"));
+    }
+    let list = state.services.campaigns.list(limit as usize).await?;
+    Ok(web::Json(crate::http::wire::campaigns::CampaignList {
+        campaigns: list.iter().map(|c| view(&state, c)).collect(),
+    }))
+}
+
 fn view(state: &AppState, c: &crate::store::StoredCampaign) -> CampaignView {
     CampaignView::new(
         &c.spec,

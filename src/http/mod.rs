@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod permissions;
 pub mod problem;
+pub mod warroom;
 pub mod wire;
 
 use actix_web::middleware::{ErrorHandlers, from_fn};
@@ -40,7 +41,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // The claim route first: a flash sale's requests match it on the first
     // try (routes are tried in order).
     cfg.service(web::resource("/v1/campaigns/{id}/claims").route(web::post().to(coupons::claim)))
-        .service(web::resource("/v1/campaigns").route(web::post().to(campaigns::create)))
+        .service(
+            web::resource("/v1/campaigns")
+                .route(web::post().to(campaigns::create))
+                .route(web::get().to(campaigns::list)),
+        )
         .service(
             web::resource("/v1/campaigns/{id}")
                 .route(web::get().to(campaigns::get))
@@ -62,6 +67,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/admin/bans/{kind}/{value}").route(web::delete().to(admin::unban)),
         )
+        .service(web::resource("/ops").route(web::get().to(warroom::page)))
+        .service(web::resource("/v1/ops/token").route(web::post().to(warroom::token)))
+        .service(web::resource("/v1/ops/stream").route(web::get().to(warroom::stream)))
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)))

@@ -21,6 +21,7 @@ Every 4xx/5xx is application/problem+json with a stable `code`.",
     paths(
         crate::http::campaigns::create,
         crate::http::campaigns::get,
+        crate::http::campaigns::list,
         crate::http::campaigns::patch,
         crate::http::campaigns::act,
         crate::http::campaigns::stats,
@@ -38,6 +39,9 @@ Every 4xx/5xx is application/problem+json with a stable `code`.",
         crate::http::ops::readyz,
         crate::http::ops::metrics,
         crate::http::ops::openapi,
+        crate::http::warroom::page,
+        crate::http::warroom::token,
+        crate::http::warroom::stream,
     ),
     components(schemas(
         Problem, FieldErrorSchema, CreateCampaignRequest, CouponRequest, LimitsSchema, CouponSchema, CampaignView, StatusSchema,
@@ -54,7 +58,8 @@ Every 4xx/5xx is application/problem+json with a stable `code`.",
         crate::http::wire::reports::AuditView, crate::http::wire::reports::AuditEntryView,
         crate::http::wire::coupons::OrderItemRequest, crate::http::wire::coupons::CustomerRequest,
         crate::http::wire::schemas::EligibilitySchema, crate::http::wire::schemas::AlertsSchema,
-        crate::http::wire::bulk::BulkCodesRequest
+        crate::http::wire::bulk::BulkCodesRequest, crate::http::wire::campaigns::CampaignList,
+        crate::http::warroom::StreamToken
     )),
     modifiers(&Bearer),
 )]

@@ -127,6 +127,20 @@ impl CampaignService {
             .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))
     }
 
+    /// The newest `limit` campaigns with their live counters, newest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<StoredCampaign>, ApiError> {
+        let mut out = Vec::new();
+        for id in self.store.campaign_ids(limit).await? {
+            let Ok(id) = CampaignId::parse(&id) else {
+                continue;
+            };
+            if let Some(c) = self.store.campaign(&CampaignKeys::new(&id)).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     /// Counts a claim refused by a rate rule on the campaign's stats (only
     /// for a campaign that exists: a flood at made-up ids creates nothing).
     pub async fn count_rule_refusal(&self, id: &CampaignId, rule: &str) {

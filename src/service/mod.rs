@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod redemptions;
 pub mod reports;
 pub mod soldout;
+pub mod warroom;
 
 /// Who is asking, and how their retries are recognised.
 #[derive(Debug, Clone)]

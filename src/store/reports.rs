@@ -83,6 +83,52 @@ impl Store {
         self.query::<i64>(cmd).await.map(|_| ())
     }
 
+    /// The ids of the newest `limit` campaigns, newest first (by campaign
+    /// number; one GET per number, so it works on Redis Cluster as well).
+    pub async fn campaign_ids(&self, limit: usize) -> Result<Vec<String>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(keys::campaign_seq());
+        let last: Option<i64> = self.query(cmd).await?;
+        let last = last.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let first = last.saturating_sub(limit as u32).max(1);
+        let mut pipe = redis::pipe();
+        for no in (first..=last).rev() {
+            pipe.cmd("GET").arg(keys::campaign_by_no(no));
+        }
+        let mut conn = self.conn();
+        let ids: Vec<Option<String>> = self
+            .bounded(async move { pipe.query_async(&mut conn).await })
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        Ok(ids
+            .into_iter()
+            .flatten()
+            .filter(|id| seen.insert(id.clone()))
+            .collect())
+    }
+
+    /// A campaign's webhook outbox: events in the stream, and events handed
+    /// to a deliverer and not yet acknowledged (failing, being retried).
+    pub async fn outbox_backlog(&self, keys: &CampaignKeys) -> Result<(u64, u64)> {
+        let mut len = redis::cmd("XLEN");
+        len.arg(keys.outbox());
+        let len: u64 = self.query(len).await?;
+        if len == 0 {
+            return Ok((0, 0));
+        }
+        let mut pending = redis::cmd("XPENDING");
+        pending.arg(keys.outbox()).arg(crate::store::outbox::GROUP);
+        let summary: redis::Value = self.query(pending).await.unwrap_or(redis::Value::Nil);
+        let pending = match summary {
+            redis::Value::Array(v) => match v.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok((len, pending))
+    }
+
     /// The campaigns with a webhook.
     pub async fn webhook_campaigns(&self) -> Result<Vec<String>> {
         let mut cmd = redis::cmd("SMEMBERS");

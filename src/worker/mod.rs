@@ -10,6 +10,7 @@
 //!   campaigns' stats each second.
 //! - [`campaign_gauges`]: Redis up, and each known campaign's stock,
 //!   remaining, low-stock threshold and status, every 2 s (for `deploy/`).
+//! - the war room's snapshot (`service::warroom`), each second.
 //! - [`webhooks`]: the campaigns' outboxes, drained to their webhook URLs
 //!   (at least once, retried with backoff), and `campaign.ended` at `ends_at`.
 
@@ -27,6 +28,7 @@ pub fn start(services: &Arc<Services>) {
     let rt = crate::store::redis::redis_runtime();
     rt.spawn(flush_remembered(Arc::downgrade(services)));
     rt.spawn(campaign_gauges::run(Arc::downgrade(services)));
+    rt.spawn(war_room(Arc::downgrade(&services.warroom)));
     start_loops(services);
 }
 
@@ -38,6 +40,17 @@ async fn flush_remembered(services: std::sync::Weak<Services>) {
         tick.tick().await;
         let Some(s) = services.upgrade() else { return };
         s.claims.flush_remembered().await;
+    }
+}
+
+/// Each second, the war room's snapshot (`service::warroom`).
+async fn war_room(room: std::sync::Weak<crate::service::warroom::WarRoom>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(room) = room.upgrade() else { return };
+        room.sample().await;
     }
 }
 

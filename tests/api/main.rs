@@ -18,6 +18,7 @@ mod hostile;
 mod idempotency;
 mod lifecycle;
 mod limits;
+mod ops;
 mod problems;
 mod redemptions;
 mod soldout;

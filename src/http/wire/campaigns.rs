@@ -224,3 +224,16 @@ impl CampaignView {
         Self::new(spec, &spec.initial_state, 0, 0, spec.created_at_ms)
     }
 }
+
+/// `GET /v1/campaigns` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// 1..1000, default 100.
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/campaigns` answer: the newest campaigns first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignList {
+    pub campaigns: Vec<CampaignView>,
+}
