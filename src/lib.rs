@@ -33,6 +33,8 @@
 //!   bans and audit (`store::rules`), outboxes (`store::outbox`), reports, the connection
 //!   with deadlines, the embedded `redis-server`.
 //! - [`error`]: the one error type of the API, rendered by `http::problem`.
+//! - [`cli`]: the admin CLI (`stampede campaign|codes|ban|limits|audit`), a client of the
+//!   HTTP API (not of `Services`: see its module doc).
 //!
 //! `lua/` holds the scripts; each opens with its KEYS, ARGV, returns and the
 //! note on why it cannot fail after its first write.
@@ -46,6 +48,7 @@
 //!   rules file; `arc-swap` swaps a reloaded rule set in without locking the hot path.
 //! - mimalloc is the global allocator of the binary (see `main.rs`).
 
+pub mod cli;
 pub mod domain;
 pub mod error;
 pub mod guard;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 /// worker threads; glibc malloc spent ~13% of the service's CPU on them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use stampede::cli::{Admin, BanCmd, CampaignCmd, CodesCmd, LimitsCmd, Remote};
 use stampede::domain::clock::SystemClock;
 use stampede::settings::Settings;
 use stampede::startup::Application;
@@ -20,6 +21,8 @@ struct Cli {
     /// TOML config file (also STAMPEDE_CONFIG); STAMPEDE_* variables override it.
     #[arg(long, env = "STAMPEDE_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    remote: Remote,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -31,12 +34,36 @@ enum Command {
     /// Validate a service config or a rules file (LIMITS.md; recognised by
     /// its tables) without starting anything.
     CheckConfig { file: PathBuf },
+    /// Campaigns on a running service (--url, --key).
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+    /// Pre-issued codes.
+    #[command(subcommand)]
+    Codes(CodesCmd),
+    /// Bans of phones, devices and IPs.
+    #[command(subcommand)]
+    Ban(BanCmd),
+    /// The rules file: in force on the service, or checked offline.
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+    /// The audit trail of a campaign (or, without one, of the service).
+    Audit {
+        campaign: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let admin = |cmd| stampede::cli::run(&cli.remote, cmd);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file } => stampede::cli::check_config(&file),
+        Command::Campaign(c) => admin(Admin::Campaign(c)),
+        Command::Codes(c) => admin(Admin::Codes(c)),
+        Command::Ban(c) => admin(Admin::Ban(c)),
+        Command::Limits(c) => admin(Admin::Limits(c)),
+        Command::Audit { campaign, limit } => admin(Admin::Audit { campaign, limit }),
         Command::Serve => {
             let settings = match Settings::load(cli.config.as_deref()).and_then(Settings::validate)
             {
@@ -60,48 +87,6 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-    }
-}
-
-/// `check-config FILE`: exit 0, or 2 with `FILE: line N[, column C]: reason`.
-fn check_config(file: &std::path::Path) -> ExitCode {
-    use stampede::domain::limits::{MAX_FILE_BYTES, RuleSet, is_rules_file};
-    let fail = |why: String| {
-        eprintln!("{}: {why}", file.display());
-        ExitCode::from(2)
-    };
-    match std::fs::metadata(file) {
-        Ok(m) if m.len() > MAX_FILE_BYTES as u64 => {
-            return fail("the file is larger than 1 MiB".into());
-        }
-        Ok(_) => {}
-        Err(e) => return fail(format!("cannot read the file: {e}")),
-    }
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("cannot read the file: {e}")),
-    };
-    if is_rules_file(&text) {
-        match RuleSet::parse(&text) {
-            Ok(set) => {
-                println!(
-                    "{}: ok (rules file, {} rules, version {})",
-                    file.display(),
-                    set.rules.len(),
-                    set.version
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e.to_string()),
-        }
-    } else {
-        match stampede::settings::check_text(&text) {
-            Ok(_) => {
-                println!("{}: ok (service config)", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
         }
     }
 }

@@ -253,7 +253,7 @@ impl Settings {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig.merge(Env::prefixed("STAMPEDE_").ignore(&["config"]))
+        fig.merge(Env::prefixed("STAMPEDE_").ignore(&["config", "url", "key"]))
             .extract()
             .map_err(|e| SettingsError::Load(Box::new(e)))
     }

@@ -7,6 +7,7 @@ mod batch;
 mod binary;
 mod bulk;
 mod claims;
+mod cli;
 mod contract;
 mod deadline;
 mod deploy;
