@@ -283,7 +283,15 @@ impl Settings {
             Secret::new(s.as_bytes().to_vec()).map_err(|m| invalid("secret", m))?;
         }
         if let Some(url) = &self.redis_url {
-            redis::Client::open(url.as_str()).map_err(|e| invalid("redis_url", e.to_string()))?;
+            match crate::store::conn::cluster_seeds(url) {
+                Some(seeds) => {
+                    seeds.map_err(|e| invalid("redis_url", e))?;
+                }
+                None => {
+                    redis::Client::open(url.as_str())
+                        .map_err(|e| invalid("redis_url", e.to_string()))?;
+                }
+            }
         }
         let ranges: [(&'static str, u64, u64, u64); 8] = [
             ("store_deadline_ms", self.store_deadline_ms, 10, 60_000),

@@ -18,6 +18,7 @@ mod batch;
 pub mod bulk;
 pub mod campaigns;
 pub mod claims;
+pub mod conn;
 pub mod coupons;
 pub mod keys;
 pub mod managed;

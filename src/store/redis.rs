@@ -20,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::store::conn::{Conn, LazyCluster, cluster_seeds};
 use redis::{RedisError, Script};
 
 use crate::store::batch::Batcher;
@@ -107,7 +109,7 @@ pub fn redis_runtime() -> &'static tokio::runtime::Handle {
 /// The Redis-backed store.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
     deadline: Duration,
     /// The claims queued per campaign (`store::batch`).
     pub(super) claims: Arc<Batcher<ClaimCall>>,
@@ -137,6 +139,23 @@ impl Store {
         // (an error only means one is installed already).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _in_redis_runtime = redis_runtime().enter();
+        if let Some(seeds) = cluster_seeds(url) {
+            let seeds = seeds.map_err(|e| {
+                StoreError::Failed(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "bad cluster URL",
+                    e,
+                )))
+            })?;
+            let conn = LazyCluster::new(&seeds, deadline, late_reply_window(deadline))
+                .map_err(StoreError::Failed)?;
+            return Ok(Self {
+                conn: Conn::Cluster(conn),
+                deadline,
+                claims: Arc::default(),
+                rules: Arc::default(),
+            });
+        }
         let client = redis::Client::open(url).map_err(StoreError::Failed)?;
         // The caller's deadline is kept by `bounded`; the connection waits
         // longer for a reply, so a claim whose reply comes after its 503 is
@@ -151,16 +170,23 @@ impl Store {
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(StoreError::Failed)?;
         Ok(Self {
-            conn,
+            conn: Conn::Single(conn),
             deadline,
             claims: Arc::default(),
             rules: Arc::default(),
         })
     }
 
-    /// A handle on the connection (a clone of the manager: cheap).
-    pub(super) fn conn(&self) -> ConnectionManager {
+    /// A handle on the connection (a clone: cheap).
+    pub(super) fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Whether this store is a Redis Cluster: keys of different hash tags
+    /// then go in separate calls (a single node runs one call for all of a
+    /// request's rules, and a claim's rules in the claim's own call).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// How long a call may take before it is answered `503`.

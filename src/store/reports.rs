@@ -84,21 +84,34 @@ impl Store {
     }
 
     /// The ids of the newest `limit` campaigns, newest first (by campaign
-    /// number; one GET per number, so it works on Redis Cluster as well).
+    /// number: one pipeline on a single node, one GET each on a cluster).
     pub async fn campaign_ids(&self, limit: usize) -> Result<Vec<String>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(keys::campaign_seq());
         let last: Option<i64> = self.query(cmd).await?;
         let last = last.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
         let first = last.saturating_sub(limit as u32).max(1);
-        let mut pipe = redis::pipe();
-        for no in (first..=last).rev() {
-            pipe.cmd("GET").arg(keys::campaign_by_no(no));
-        }
-        let mut conn = self.conn();
-        let ids: Vec<Option<String>> = self
-            .bounded(async move { pipe.query_async(&mut conn).await })
-            .await?;
+        let numbers: Vec<u32> = (first..=last).rev().collect();
+        let ids: Vec<Option<String>> = if self.is_cluster() {
+            // Each number's key is in its own slot: one GET each, at once.
+            let gets = numbers.iter().map(|no| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(keys::campaign_by_no(*no));
+                self.query::<Option<String>>(cmd)
+            });
+            futures_util::future::join_all(gets)
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?
+        } else {
+            let mut pipe = redis::pipe();
+            for no in &numbers {
+                pipe.cmd("GET").arg(keys::campaign_by_no(*no));
+            }
+            let mut conn = self.conn();
+            self.bounded(async move { pipe.query_async(&mut conn).await })
+                .await?
+        };
         let mut seen = std::collections::HashSet::new();
         Ok(ids
             .into_iter()

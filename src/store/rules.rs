@@ -158,12 +158,6 @@ fn refs(v: &[String]) -> Vec<&str> {
 }
 
 impl Store {
-    /// Whether keys of different hash tags must go in separate calls. A
-    /// single node runs one call for all of a request's rules.
-    pub fn is_cluster(&self) -> bool {
-        false
-    }
-
     /// Checks (and charges `Requests` and `Distinct`) the rules of one slot.
     pub async fn check_rules(&self, now_ms: i64, calls: &[RuleCall]) -> Result<Vec<RuleResult>> {
         let (keys, args) = rule_args(now_ms, "check", calls);

@@ -8,6 +8,8 @@ mod binary;
 mod bulk;
 mod claims;
 mod cli;
+mod cluster;
+mod cluster_support;
 mod contract;
 mod deadline;
 mod deploy;
