@@ -169,3 +169,107 @@ window = "1m"
     assert_problem(app.claim(&id, &phone(9), "d9").await, 403, "blocked").await;
     app.stop().await;
 }
+
+/// A master killed (SIGKILL) in the middle of a sale and started again from
+/// its AOF (`appendfsync always`) loses no claim that was answered `201`:
+/// each acknowledged code still redeems.
+#[tokio::test]
+async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
+    let mut cluster = RedisCluster::start_with(3, "always");
+    let app = spawn_on(&cluster, None).await;
+    let id = app
+        .create_campaign(
+            json!({"stock": 100000, "coupon": {"kind": "amount_off", "amount_off": 100}}),
+        )
+        .await;
+    let owner = cluster.owner_of(&format!("st:{{{id}}}:meta"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, url, stop) = (
+                app.client.clone(),
+                app.url(&format!("/v1/campaigns/{id}/claims")),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut acked, mut unavailable, mut n) = (Vec::new(), 0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let body =
+                        json!({"phone": phone(w * 100_000 + n), "device_id": format!("k{w}-{n}")});
+                    let Ok(res) = client.post(&url).json(&body).send().await else {
+                        continue;
+                    };
+                    match res.status().as_u16() {
+                        201 => acked.push(
+                            res.json::<Value>().await.unwrap()["code"]
+                                .as_str()
+                                .unwrap()
+                                .to_owned(),
+                        ),
+                        503 => unavailable += 1,
+                        s => panic!("unexpected {s}: {}", res.text().await.unwrap()),
+                    }
+                }
+                (acked, unavailable)
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    cluster.kill(owner);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    cluster.restart(owner);
+    // Claims go through again once the connection has followed the node back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let res = app.claim(&id, &phone(999_999), "probe").await;
+        if res.status() == 201 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "claims never recovered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut unavailable = 0;
+    for c in clients {
+        let (a, u) = c.await.unwrap();
+        acked.extend(a);
+        unavailable += u;
+    }
+    assert!(
+        acked.len() > 20,
+        "the sale ran: {} acknowledged",
+        acked.len()
+    );
+    assert!(
+        unavailable > 0,
+        "the kill was felt (503s while the master was down)"
+    );
+    let issued = app.campaign(&id).await["issued"].as_u64().unwrap();
+    assert!(
+        issued as usize >= acked.len() + 1,
+        "issued {issued} < acknowledged {}",
+        acked.len()
+    );
+    let unique: HashSet<&String> = acked.iter().collect();
+    assert_eq!(unique.len(), acked.len(), "no code twice");
+    for (n, code) in acked.iter().enumerate() {
+        let res = app
+            .post(
+                "/v1/redemptions",
+                &json!({"code": code, "order_id": format!("r-{n}")}),
+            )
+            .await;
+        assert_eq!(
+            res.status(),
+            200,
+            "acknowledged code {code} lost: {}",
+            res.text().await.unwrap()
+        );
+    }
+    app.stop().await;
+}

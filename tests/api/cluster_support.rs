@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 pub struct RedisCluster {
     pub ports: Vec<u16>,
-    _dir: tempfile::TempDir,
-    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    appendfsync: &'static str,
+    children: Vec<Option<Child>>,
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -46,45 +47,26 @@ fn rand_u16() -> u16 {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
+        Self::start_with(masters, "everysec")
+    }
+
+    /// With `appendfsync` (`always`: an acknowledged write is on disk).
+    pub fn start_with(masters: usize, appendfsync: &'static str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ports = Vec::new();
-        let mut children = Vec::new();
         for _ in 0..masters {
-            let p = cluster_port(&ports);
-            let node_dir = dir.path().join(p.to_string());
-            std::fs::create_dir_all(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--cluster-node-timeout", "3000"])
-                .args([
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "everysec",
-                    "--save",
-                    "",
-                ])
-                .arg("--dir")
-                .arg(&node_dir)
-                .args(["--daemonize", "no", "--logfile", "redis.log"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
-            children.push(child);
-            ports.push(p);
+            ports.push(cluster_port(&ports));
         }
-        let cluster = Self {
+        let mut cluster = Self {
             ports,
-            _dir: dir,
-            children,
+            dir,
+            appendfsync,
+            children: Vec::new(),
         };
+        for i in 0..masters {
+            let child = cluster.spawn(i);
+            cluster.children.push(Some(child));
+        }
         for p in &cluster.ports {
             cluster.wait(*p, |c| redis::cmd("PING").query::<String>(c).is_ok());
         }
@@ -114,6 +96,71 @@ impl RedisCluster {
             });
         }
         cluster
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let p = self.ports[i];
+        let node_dir = self.dir.path().join(p.to_string());
+        std::fs::create_dir_all(&node_dir).unwrap();
+        Command::new("redis-server")
+            .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-node-timeout", "3000"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&node_dir)
+            .args(["--daemonize", "no", "--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed")
+    }
+
+    /// SIGKILL node `i` (no shutdown, no final fsync).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again from its AOF and `nodes.conf`, and waits until
+    /// the cluster is whole.
+    pub fn restart(&mut self, i: usize) {
+        let child = self.spawn(i);
+        self.children[i] = Some(child);
+        for p in &self.ports {
+            self.wait(*p, |c| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(c)
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+        }
+    }
+
+    /// The node that holds `key` (a master answers; the others redirect).
+    pub fn owner_of(&self, key: &str) -> usize {
+        (0..self.ports.len())
+            .find(|i| {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query::<i64>(&mut self.node(*i))
+                    .is_ok_and(|n| n == 1)
+            })
+            .expect("a node holds the key")
     }
 
     fn wait(&self, port: u16, ok: impl Fn(&mut redis::Connection) -> bool) {
