@@ -175,7 +175,7 @@ window = "1m"
 /// each acknowledged code still redeems.
 #[tokio::test]
 async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
-    let mut cluster = RedisCluster::start_with(3, "always");
+    let mut cluster = RedisCluster::start_with(3, 0, "always");
     let app = spawn_on(&cluster, None).await;
     let id = app
         .create_campaign(
@@ -271,5 +271,77 @@ async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
             res.text().await.unwrap()
         );
     }
+    app.stop().await;
+}
+
+/// A master dies for good; its replica is promoted (Redis Cluster's own
+/// failover) and the service follows the new slot map without a restart:
+/// claims go on, with serials after the last one replicated.
+#[tokio::test]
+async fn a_failover_to_a_replica_is_followed_without_a_restart() {
+    let mut cluster = RedisCluster::start_with(3, 1, "everysec");
+    let app = spawn_on(&cluster, None).await;
+    let id = app
+        .create_campaign(
+            json!({"stock": 1000, "coupon": {"kind": "amount_off", "amount_off": 100}}),
+        )
+        .await;
+    let mut codes = HashSet::new();
+    for i in 0..20 {
+        let res = app.claim(&id, &phone(i), &format!("d{i}")).await;
+        assert_eq!(res.status(), 201);
+        codes.insert(
+            res.json::<Value>().await.unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let owner = cluster.owner_of(&format!("st:{{{id}}}:meta"));
+    // Let the replica catch up (asynchronous replication: see docs/scaling.md).
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query(&mut cluster.node(owner))
+        .unwrap();
+    cluster.kill(owner);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut n = 100;
+    loop {
+        n += 1;
+        let res = app.claim(&id, &phone(n), &format!("d{n}")).await;
+        if res.status() == 201 {
+            codes.insert(
+                res.json::<Value>().await.unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            break;
+        }
+        assert_eq!(
+            res.status(),
+            503,
+            "only unavailable while the slot has no master"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failover was not followed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    cluster.wait_ok();
+    for i in 200..210 {
+        let res = app.claim(&id, &phone(i), &format!("d{i}")).await;
+        assert_eq!(res.status(), 201);
+        codes.insert(
+            res.json::<Value>().await.unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(codes.len(), 31, "no code issued twice across the failover");
+    assert_eq!(app.campaign(&id).await["issued"], 31);
     app.stop().await;
 }

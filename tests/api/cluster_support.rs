@@ -47,14 +47,16 @@ fn rand_u16() -> u16 {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
-        Self::start_with(masters, "everysec")
+        Self::start_with(masters, 0, "everysec")
     }
 
-    /// With `appendfsync` (`always`: an acknowledged write is on disk).
-    pub fn start_with(masters: usize, appendfsync: &'static str) -> Self {
+    /// `masters` masters with `replicas` replicas each (the first `masters`
+    /// ports are the masters), and `appendfsync` (`always`: an acknowledged
+    /// write is on that node's disk).
+    pub fn start_with(masters: usize, replicas: usize, appendfsync: &'static str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ports = Vec::new();
-        for _ in 0..masters {
+        for _ in 0..masters * (1 + replicas) {
             ports.push(cluster_port(&ports));
         }
         let mut cluster = Self {
@@ -63,7 +65,7 @@ impl RedisCluster {
             appendfsync,
             children: Vec::new(),
         };
-        for i in 0..masters {
+        for i in 0..cluster.ports.len() {
             let child = cluster.spawn(i);
             cluster.children.push(Some(child));
         }
@@ -79,7 +81,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli is installed");
         assert!(
@@ -93,6 +95,15 @@ impl RedisCluster {
                     .arg("INFO")
                     .query::<String>(c)
                     .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+        }
+        // Replicas in sync (a replica that never synced may not fail over).
+        for p in &cluster.ports {
+            cluster.wait(*p, |c| {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query::<String>(c)
+                    .is_ok_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
             });
         }
         cluster
@@ -126,6 +137,21 @@ impl RedisCluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed")
+    }
+
+    /// Waits until every live node sees the cluster whole again (after a
+    /// failover has promoted a replica).
+    pub fn wait_ok(&self) {
+        for (i, p) in self.ports.iter().enumerate() {
+            if self.children[i].is_some() {
+                self.wait(*p, |c| {
+                    redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query::<String>(c)
+                        .is_ok_and(|i| i.contains("cluster_state:ok"))
+                });
+            }
+        }
     }
 
     /// SIGKILL node `i` (no shutdown, no final fsync).
