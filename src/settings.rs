@@ -30,6 +30,11 @@ pub struct Settings {
     pub redis_server: String,
     /// `always` (default: nothing acknowledged is lost) or `everysec`.
     pub redis_appendfsync: String,
+    /// Acknowledge a claim only once this many replicas have its write
+    /// (`WAIT` after each batched claim call; 0: off). Needs `redis_url`.
+    pub redis_wait_replicas: u32,
+    /// How long a claim waits for those replicas (less than the deadline).
+    pub redis_wait_timeout_ms: u64,
     /// Master secret (>= 16 bytes) for code tags and identity pseudonyms.
     /// Unset: read from, or generated once into, `<data_dir>/secret`.
     pub secret: Option<String>,
@@ -84,6 +89,8 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             redis_server: "redis-server".into(),
             redis_appendfsync: "always".into(),
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 200,
             secret: None,
             api_keys: String::new(),
             default_region: "CN".into(),
@@ -276,6 +283,25 @@ impl Settings {
             .default_region
             .parse::<phonenumber::country::Id>()
             .map_err(|_| invalid("default_region", "an ISO 3166 alpha-2 region, e.g. CN"))?;
+        if self.redis_wait_replicas > 0 {
+            if self.redis_url.is_none() {
+                return Err(invalid(
+                    "redis_wait_replicas",
+                    "the embedded Redis has no replicas: set redis_url",
+                ));
+            }
+            if self.redis_wait_replicas > 16 {
+                return Err(invalid("redis_wait_replicas", "at most 16"));
+            }
+            if self.redis_wait_timeout_ms == 0
+                || self.redis_wait_timeout_ms >= self.store_deadline_ms
+            {
+                return Err(invalid(
+                    "redis_wait_timeout_ms",
+                    "between 1 and store_deadline_ms - 1",
+                ));
+            }
+        }
         if !["always", "everysec", "no"].contains(&self.redis_appendfsync.as_str()) {
             return Err(invalid("redis_appendfsync", "always, everysec or no"));
         }

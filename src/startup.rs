@@ -96,7 +96,8 @@ impl Services {
             (None, None) => unreachable!("managed is started when no URL is set"),
         };
         let secret = load_secret(&settings)?;
-        let store = Store::open(&url, settings.store_deadline)?;
+        let store = Store::open(&url, settings.store_deadline)?
+            .with_replica_wait(raw.redis_wait_replicas, raw.redis_wait_timeout_ms);
         if let Err(e) = store.preload_scripts().await {
             tracing::warn!(error = %e, "could not preload scripts; they will load on first use");
         }

@@ -32,6 +32,15 @@ pub struct ClaimReply {
     pub outcome: Option<(ClaimOutcome, bool)>,
 }
 
+/// The error a claim gets when its batch was not confirmed by the
+/// replicas it must wait for: `503`, as for a store that cannot be reached.
+fn unreplicated_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "fewer replicas than redis_wait_replicas confirmed the claim",
+    ))
+}
+
 /// What a claim did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -237,6 +246,20 @@ impl Store {
         })
     }
 
+    /// Takes back a claim its caller was answered 503 for: only a fresh
+    /// issue (not a replay) made without a client key (with one, the
+    /// client's retry gets the code).
+    fn take_back(&self, rules: usize, void: Option<VoidClaim>, reply: &[String]) {
+        let reply = reply.get(5 * rules..).unwrap_or_default();
+        let fresh =
+            reply.first().is_some_and(|s| s == "ok") && reply.last().is_some_and(|s| s == "0");
+        let serial = reply.get(1).and_then(|s| s.parse::<u64>().ok());
+        if let (Some(void), Some(serial), true) = (void, serial, fresh) {
+            let store = self.clone();
+            tokio::spawn(async move { store.void_claim(void, serial).await });
+        }
+    }
+
     /// Sends the campaign's queued claims, a batch at a time, until none
     /// waits (runs on the Redis runtime). `shared` are the campaign's keys
     /// every claim of the call uses (meta first: it names the lane).
@@ -259,19 +282,39 @@ impl Store {
             }
             let mut conn = self.conn();
             let n = batch.len();
-            let replies = batch::split(inv.invoke_async(&mut conn).await, n);
+            let reply = inv.invoke_async(&mut conn).await;
+            // With a replica wait, a batch is acknowledged only once its
+            // writes are on enough replicas; short of that, its claims are
+            // answered 503 and taken back like a late reply.
+            let unreplicated = match (&reply, self.wait) {
+                (Ok(_), Some((replicas, timeout_ms))) => {
+                    let got = conn.wait_replicas(&shared[0], replicas, timeout_ms).await;
+                    let short = !got.as_ref().is_ok_and(|g| *g >= i64::from(replicas));
+                    if short {
+                        metrics::counter!("stampede_claim_batches_unreplicated_total").increment(1);
+                        tracing::warn!(
+                            ?got,
+                            replicas,
+                            "a claim batch was not confirmed by its replicas"
+                        );
+                    }
+                    short
+                }
+                _ => false,
+            };
+            let replies = batch::split(reply, n);
             metrics::histogram!("stampede_claim_batch_size").record(batch.len() as f64);
             for (q, reply) in batch.into_iter().zip(replies) {
+                if unreplicated {
+                    if let Ok(r) = reply {
+                        self.take_back(q.call.rules, q.call.void, &r);
+                    }
+                    let _ = q.reply.send(Err(unreplicated_error()));
+                    continue;
+                }
                 // Sending fails only when the caller stopped waiting (503).
                 if let Err(Ok(late)) = q.reply.send(reply) {
-                    let late = late.get(5 * q.call.rules..).unwrap_or_default();
-                    let fresh = late.first().is_some_and(|s| s == "ok")
-                        && late.last().is_some_and(|s| s == "0");
-                    let serial = late.get(1).and_then(|s| s.parse::<u64>().ok());
-                    if let (Some(void), Some(serial), true) = (q.call.void, serial, fresh) {
-                        let store = self.clone();
-                        tokio::spawn(async move { store.void_claim(void, serial).await });
-                    }
+                    self.take_back(q.call.rules, q.call.void, &late);
                 }
             }
         }

@@ -111,6 +111,8 @@ pub fn redis_runtime() -> &'static tokio::runtime::Handle {
 pub struct Store {
     conn: Conn,
     deadline: Duration,
+    /// Replicas a claim batch waits for, and how long (`WAIT`).
+    pub(super) wait: Option<(u32, u64)>,
     /// The claims queued per campaign (`store::batch`).
     pub(super) claims: Arc<Batcher<ClaimCall>>,
     /// The rule checks queued per hash tag.
@@ -152,6 +154,7 @@ impl Store {
             return Ok(Self {
                 conn: Conn::Cluster(conn),
                 deadline,
+                wait: None,
                 claims: Arc::default(),
                 rules: Arc::default(),
             });
@@ -172,9 +175,17 @@ impl Store {
         Ok(Self {
             conn: Conn::Single(conn),
             deadline,
+            wait: None,
             claims: Arc::default(),
             rules: Arc::default(),
         })
+    }
+
+    /// Acknowledge claims only once `replicas` replicas have them (`WAIT`
+    /// after each batched claim call, at most `timeout_ms`).
+    pub fn with_replica_wait(mut self, replicas: u32, timeout_ms: u64) -> Self {
+        self.wait = (replicas > 0).then_some((replicas, timeout_ms));
+        self
     }
 
     /// A handle on the connection (a clone: cheap).

@@ -24,5 +24,6 @@ mod limits;
 mod ops;
 mod problems;
 mod redemptions;
+mod replication;
 mod soldout;
 mod webhooks;

@@ -1,0 +1,169 @@
+//! `redis_wait_replicas`: a claim is acknowledged only once a replica has
+//! it (`WAIT` after each batched claim call); when the replica does not
+//! confirm in time the claim is answered `503` and taken back on the
+//! master, so a 503 still means not charged there.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// A replica of `master`, killed on drop.
+struct Replica {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    fn start(master: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--daemonize", "no", "--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = r.conn().ok().and_then(|mut c| {
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query::<String>(&mut c)
+                    .ok()
+            });
+            if up.is_some_and(|i| i.contains("master_link_status:up")) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?.get_connection()
+    }
+
+    fn signal(&self, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+    }
+}
+
+fn issued_on(conn: &mut redis::Connection, id: &str) -> i64 {
+    redis::cmd("HGET")
+        .arg(format!("st:{{{id}}}:meta"))
+        .arg("issued")
+        .query::<Option<i64>>(conn)
+        .unwrap()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn claims_wait_for_a_replica_and_a_missing_one_means_503_and_not_charged() {
+    let master = RedisServer::start();
+    let replica = Replica::start(&master);
+    let mut s = test_settings(Some(master.url()));
+    s.redis_wait_replicas = 1;
+    s.redis_wait_timeout_ms = 200;
+    let app = spawn_with_settings(s).await;
+    let id = app
+        .create_campaign(json!({"stock": 100, "coupon": {"kind": "amount_off", "amount_off": 100}}))
+        .await;
+    for i in 0..5 {
+        assert_eq!(
+            app.claim(&id, &phone(i), &format!("d{i}")).await.status(),
+            201
+        );
+    }
+    // Acknowledged means on the replica too.
+    assert_eq!(issued_on(&mut replica.conn().unwrap(), &id), 5);
+
+    // The replica stops answering: the claim is refused 503, and taken back.
+    replica.signal("STOP").unwrap();
+    let res = app.claim(&id, &phone(50), "d50").await;
+    assert_problem(res, 503, "unavailable").await;
+    let mut m = master.conn();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while issued_on(&mut m, &id) - {
+        let v: Option<i64> = redis::cmd("HGET")
+            .arg(format!("st:{{{id}}}:meta"))
+            .arg("void")
+            .query(&mut m)
+            .unwrap();
+        v.unwrap_or(0)
+    } != 5
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the unconfirmed claim was not taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("stampede_claim_batches_unreplicated_total"),
+        "counted"
+    );
+
+    // Back: claims are acknowledged again.
+    replica.signal("CONT").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if app.claim(&id, &phone(60), "d60").await.status() == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "claims never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.campaign(&id).await["issued"],
+        6,
+        "5 + 1: the 503 charged nothing"
+    );
+    app.stop().await;
+}
+
+#[test]
+fn waiting_for_replicas_needs_a_redis_url_and_a_timeout_under_the_deadline() {
+    let mut s = test_settings(None);
+    s.redis_wait_replicas = 1;
+    assert!(
+        s.clone().validate().is_err(),
+        "the embedded Redis has no replica"
+    );
+    s.redis_url = Some("redis://127.0.0.1:6379".into());
+    s.redis_wait_timeout_ms = s.store_deadline_ms;
+    assert!(s.clone().validate().is_err());
+    s.redis_wait_timeout_ms = 100;
+    assert!(s.validate().is_ok());
+}
