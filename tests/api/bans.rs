@@ -9,6 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_phone_ban_covers_every_spelling_until_it_is_lifted() {
+    crate::single_node_only!("reads a key by hand");
     let app = spawn_app().await;
     let c = app.create_campaign(json!({"stock": 10})).await;
     let res = app
@@ -252,6 +253,7 @@ async fn a_successes_rule_overshoots_by_at_most_the_requests_in_flight() {
 
 #[tokio::test]
 async fn rule_state_and_bans_are_shared_by_every_instance() {
+    crate::single_node_only!("two instances share one Redis by hand");
     let file =
         RulesFile::new("[[rule]]\nname = \"shared\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1h\"\n");
     let path = file.path.clone();
@@ -290,6 +292,7 @@ async fn rule_state_and_bans_are_shared_by_every_instance() {
 
 #[tokio::test]
 async fn the_shield_answers_in_process_while_redis_is_stopped() {
+    crate::single_node_only!("SIGSTOPs one redis-server");
     let (app, _f) = spawn_app_with_rules("[shield]\nper_second = 1\nburst = 5\n", |s| {
         s.store_deadline_ms = 800;
     })

@@ -110,6 +110,7 @@ fn call_with_rids(id: &str, now: &str, claims: &[(&str, &str, &str)], cycle: usi
 
 #[tokio::test]
 async fn a_request_id_sent_twice_in_one_batch_is_charged_once() {
+    crate::single_node_only!("calls the script by hand on one node");
     let app = spawn_app().await;
     let id = app.create_campaign(json!({"stock": 10})).await;
     let mut conn = app.redis().conn();
@@ -149,6 +150,7 @@ async fn a_request_id_sent_twice_in_one_batch_is_charged_once() {
 
 #[tokio::test]
 async fn each_claim_of_a_batch_is_checked_charged_and_answered_on_its_own() {
+    crate::single_node_only!("calls the script by hand on one node");
     let app = spawn_app().await;
     let id = app
         .create_campaign(json!({"stock": 10, "limits": {"per_phone": 1}}))
@@ -212,6 +214,7 @@ async fn each_claim_of_a_batch_is_checked_charged_and_answered_on_its_own() {
 
 #[tokio::test]
 async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
+    crate::single_node_only!("calls the script by hand on one node");
     let redis = crate::helpers::RedisServer::start();
     let mut conn = redis.conn();
     let _: () = redis::cmd("SET")

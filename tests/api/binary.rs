@@ -57,6 +57,7 @@ fn read_all(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_keeps_identities_private_restarts_redis_and_drains_on_sigterm() {
+    crate::single_node_only!("the embedded default is single-node by design");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log_path = dir.path().join("stampede.log");

@@ -17,6 +17,7 @@ async fn spawn_on(cluster: &RedisCluster, rules: Option<&RulesFile>) -> TestApp 
 
 #[tokio::test]
 async fn racing_claims_issue_exactly_the_stock_and_every_code_redeems() {
+    crate::single_node_only!("starts its own cluster (it runs in the first pass)");
     let cluster = RedisCluster::start(3);
     let app = spawn_on(&cluster, None).await;
     let id = app
@@ -69,6 +70,7 @@ async fn racing_claims_issue_exactly_the_stock_and_every_code_redeems() {
 
 #[tokio::test]
 async fn campaigns_spread_over_the_masters_and_are_listed() {
+    crate::single_node_only!("starts its own cluster (it runs in the first pass)");
     let cluster = RedisCluster::start(3);
     let app = spawn_on(&cluster, None).await;
     let before = cluster.script_calls();
@@ -109,6 +111,7 @@ async fn campaigns_spread_over_the_masters_and_are_listed() {
 
 #[tokio::test]
 async fn rules_on_several_slots_refuse_and_bans_apply() {
+    crate::single_node_only!("starts its own cluster (it runs in the first pass)");
     let rules = RulesFile::new(
         r#"
 [[rule]]
@@ -175,6 +178,7 @@ window = "1m"
 /// each acknowledged code still redeems.
 #[tokio::test]
 async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
+    crate::single_node_only!("starts its own cluster (it runs in the first pass)");
     let mut cluster = RedisCluster::start_with(3, 0, "always");
     let app = spawn_on(&cluster, None).await;
     let id = app
@@ -279,6 +283,7 @@ async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
 /// claims go on, with serials after the last one replicated.
 #[tokio::test]
 async fn a_failover_to_a_replica_is_followed_without_a_restart() {
+    crate::single_node_only!("starts its own cluster (it runs in the first pass)");
     let mut cluster = RedisCluster::start_with(3, 1, "everysec");
     let app = spawn_on(&cluster, None).await;
     let id = app

@@ -14,6 +14,7 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_answered_503_during_a_stall_are_never_charged() {
+    crate::single_node_only!("SIGSTOPs one redis-server");
     let app = Arc::new(spawn_app_with(|s| s.store_deadline_ms = 400).await);
     let id = app.create_campaign(json!({"stock": 1_000_000})).await;
     let stop = Arc::new(AtomicBool::new(false));

@@ -6,6 +6,7 @@ use crate::helpers::*;
 /// dir, and everything survives a restart of the service.
 #[tokio::test]
 async fn embedded_default_keeps_data_across_a_restart() {
+    crate::single_node_only!("the embedded default is single-node by design");
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_with_settings(data_dir_settings(dir.path())).await;
     let pid = app.managed_pid.expect("runs an embedded redis");

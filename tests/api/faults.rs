@@ -166,6 +166,7 @@ async fn assert_books(app: &TestApp, id: &str, stats: &Stats, stock: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_hang_is_answered_503_within_the_deadline_and_recovers() {
+    crate::single_node_only!("SIGSTOPs one redis-server");
     let app = Arc::new(spawn_app_with(|s| s.store_deadline_ms = 500).await);
     let stock = 1_000_000;
     let id = app.create_campaign(json!({"stock": stock})).await;
@@ -204,6 +205,9 @@ async fn redis_hang_is_answered_503_within_the_deadline_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_loses_nothing_acknowledged() {
+    crate::single_node_only!(
+        "kills one redis-server (cluster::a_master_killed... covers the cluster)"
+    );
     let mut app = spawn_app_with(|s| s.store_deadline_ms = 500).await;
     let stock = 1_000_000;
     let id = app.create_campaign(json!({"stock": stock})).await;
@@ -354,6 +358,7 @@ enum Request {
 
 #[tokio::test]
 async fn a_failing_script_changes_nothing() {
+    crate::single_node_only!("corrupts keys by hand");
     let app = spawn_app().await;
     let id = app.create_campaign(json!({"stock": 10})).await;
     let code = app.claim_code(&id, &phone(1), "d1").await;

@@ -130,7 +130,29 @@ impl Drop for RedisServer {
     }
 }
 
+/// True in the cluster pass of the suite (`TEST_REDIS_CLUSTER=1`, run by
+/// `scripts/test`): `spawn_app*` then put the service on a fresh local
+/// 3-master Redis Cluster instead of one `redis-server`.
+pub fn on_cluster() -> bool {
+    std::env::var("TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+/// Skips the rest of a test in the cluster pass, saying why (a test that
+/// reads or signals one Redis process by hand, or that is single-node by
+/// design).
+#[macro_export]
+macro_rules! single_node_only {
+    ($why:literal) => {
+        if $crate::helpers::on_cluster() {
+            eprintln!("skipped in the cluster pass: {}", $why);
+            return;
+        }
+    };
+}
+
 pub struct TestApp {
+    /// The cluster the app runs on, in the cluster pass.
+    pub cluster: Option<crate::cluster_support::RedisCluster>,
     pub address: String,
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
@@ -160,6 +182,14 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    if on_cluster() {
+        let cluster = crate::cluster_support::RedisCluster::start(3);
+        let mut settings = test_settings(Some(cluster.url()));
+        tweak(&mut settings);
+        let mut app = spawn_with_settings(settings).await;
+        app.cluster = Some(cluster);
+        return app;
+    }
     let redis = RedisServer::start();
     let mut settings = test_settings(Some(redis.url()));
     tweak(&mut settings);
@@ -178,6 +208,7 @@ pub async fn spawn_with_settings(settings: Settings) -> TestApp {
     let managed_pid = app.managed_redis_pid();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
+        cluster: None,
         address,
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -204,7 +235,9 @@ impl TestApp {
     }
 
     pub fn redis(&self) -> &RedisServer {
-        self.redis.as_ref().expect("this app has a test redis")
+        self.redis
+            .as_ref()
+            .expect("this app has a single test redis (not in the cluster pass: single_node_only!)")
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {

@@ -277,6 +277,7 @@ async fn drafts_are_submitted_and_rejected_back() {
 
 #[tokio::test]
 async fn a_patch_or_pause_on_one_instance_is_acted_on_by_another_within_1s() {
+    crate::single_node_only!("two instances share one Redis by hand");
     let a = spawn_app().await;
     let b = spawn_with_settings(test_settings(Some(a.redis().url()))).await;
     let c = a

@@ -357,6 +357,7 @@ async fn wait_for_limits(app: &TestApp, f: impl Fn(&Value) -> bool) -> Duration 
 
 #[tokio::test]
 async fn a_valid_edit_applies_within_2s_and_a_broken_one_keeps_the_last_good_rules() {
+    crate::single_node_only!("reads keys by hand");
     let one = "[[rule]]\nname = \"reload-probe\"\nkey = [\"ip\"]\nlimit = 1\nwindow = \"1h\"\n";
     let (app, file) = spawn_app_with_rules(one, |_| {}).await;
     let c = app.create_campaign(json!({"stock": 50})).await;
@@ -425,6 +426,7 @@ fn wait_version(text: &str) -> String {
 
 #[tokio::test]
 async fn a_service_refuses_to_start_on_a_bad_rules_file() {
+    crate::single_node_only!("starts its own redis-server");
     let f = RulesFile::new("[[rule]]\nname = \"x\"\nkey = [\"ip\"]\nlimit = 0\nwindow = \"1m\"\n");
     let redis = RedisServer::start();
     let mut s = test_settings(Some(redis.url()));

@@ -90,6 +90,7 @@ fn issued_on(conn: &mut redis::Connection, id: &str) -> i64 {
 
 #[tokio::test]
 async fn claims_wait_for_a_replica_and_a_missing_one_means_503_and_not_charged() {
+    crate::single_node_only!("runs its own master and replica");
     let master = RedisServer::start();
     let replica = Replica::start(&master);
     let mut s = test_settings(Some(master.url()));

@@ -230,6 +230,7 @@ fn group(redis: &RedisServer, campaign: &str) -> Option<(String, i64)> {
 
 #[tokio::test]
 async fn low_stock_and_sold_out_fire_once_each_signed() {
+    crate::single_node_only!("reads the outbox stream by hand");
     let receiver = Receiver::start(0);
     let app = spawn_app_with(webhook_settings).await;
     let c = campaign_with_webhook(&app, &receiver.url()).await;
@@ -276,6 +277,7 @@ async fn low_stock_and_sold_out_fire_once_each_signed() {
 
 #[tokio::test]
 async fn a_failing_receiver_gets_each_event_once_after_retries() {
+    crate::single_node_only!("reads the outbox stream by hand");
     let receiver = Receiver::start(2);
     let app = spawn_app_with(webhook_settings).await;
     let c = campaign_with_webhook(&app, &receiver.url()).await;
@@ -321,6 +323,7 @@ async fn a_failing_receiver_gets_each_event_once_after_retries() {
 
 #[tokio::test]
 async fn a_restarted_service_takes_over_the_pending_events() {
+    crate::single_node_only!("reads the outbox stream by hand");
     let receiver = Receiver::start(2);
     let redis = RedisServer::start();
     let settings = || {
@@ -382,6 +385,7 @@ async fn a_restarted_service_takes_over_the_pending_events() {
 
 #[tokio::test]
 async fn campaign_ended_fires_once_on_end_and_once_at_ends_at() {
+    crate::single_node_only!("reads the outbox stream by hand");
     let receiver = Receiver::start(0);
     let app = spawn_app_with(webhook_settings).await;
     // By action. The URL names its host, so the delivery resolves it, checks
@@ -442,6 +446,7 @@ async fn campaign_ended_fires_once_on_end_and_once_at_ends_at() {
 
 #[tokio::test]
 async fn forbidden_webhook_urls_are_refused_at_create_and_patch() {
+    crate::single_node_only!("reads the outbox stream by hand");
     // Loopback not allowed (the default). No delivery is ever attempted:
     // every URL is refused before anything is stored.
     let app = spawn_app().await;
@@ -486,6 +491,7 @@ async fn forbidden_webhook_urls_are_refused_at_create_and_patch() {
 
 #[tokio::test]
 async fn a_url_refused_at_delivery_is_dropped_not_retried() {
+    crate::single_node_only!("reads the outbox stream by hand");
     // Stored while loopback was allowed; delivered by a process that does
     // not allow it: the URL guard runs again before each attempt.
     let receiver = Receiver::start(0);
@@ -534,6 +540,7 @@ async fn a_url_refused_at_delivery_is_dropped_not_retried() {
 
 #[tokio::test]
 async fn events_written_before_the_group_existed_are_delivered() {
+    crate::single_node_only!("reads the outbox stream by hand");
     // An outbox filled while no worker ran (an older release, or every
     // replica down): the group is created from the stream's start.
     let receiver = Receiver::start(0);
@@ -575,6 +582,7 @@ async fn events_written_before_the_group_existed_are_delivered() {
 
 #[tokio::test]
 async fn a_hanging_receiver_does_not_hold_up_other_campaigns() {
+    crate::single_node_only!("reads the outbox stream by hand");
     // `slow` answers after 10 s (past the 5 s delivery timeout), for ever.
     let slow = Receiver::start_with(usize::MAX, Duration::from_secs(10));
     let fast = Receiver::start(0);
