@@ -154,6 +154,26 @@ fn create_body(a: &CreateArgs) -> Result<Value, CliError> {
     Ok(Value::Object(body))
 }
 
+/// One row per element of the array `list`, one cell per field.
+fn rows(list: &Value, fields: &[&str]) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| fields.iter().map(|k| cell(&e[*k])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The service's JSON (`--json`) or the text for people.
+fn print_either(json_out: bool, v: &Value, text: impl FnOnce(&Value) -> String) {
+    if json_out {
+        print_json(v);
+    } else {
+        print!("{}", text(v));
+    }
+}
+
 fn print_json(v: &Value) {
     println!(
         "{}",
@@ -161,20 +181,15 @@ fn print_json(v: &Value) {
     );
 }
 
-fn campaign_row(c: &Value) -> Vec<String> {
-    [
-        "id",
-        "status",
-        "stock",
-        "remaining",
-        "issued",
-        "redeemed",
-        "name",
-    ]
-    .iter()
-    .map(|k| cell(&c[*k]))
-    .collect()
-}
+const CAMPAIGN_FIELDS: [&str; 7] = [
+    "id",
+    "status",
+    "stock",
+    "remaining",
+    "issued",
+    "redeemed",
+    "name",
+];
 
 const CAMPAIGN_COLUMNS: [&str; 7] = [
     "ID",
@@ -233,21 +248,12 @@ pub async fn dispatch(client: &Client, json_out: bool, cmd: Admin) -> Result<(),
                     ("last_rejected", cell(&v["last_rejected"])),
                 ])
             );
-            let rules: Vec<Vec<String>> = v["rules"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| {
-                            [
-                                "name", "endpoint", "key", "limit", "window", "count", "mode",
-                            ]
-                            .iter()
-                            .map(|k| cell(&r[*k]))
-                            .collect()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let rules = rows(
+                &v["rules"],
+                &[
+                    "name", "endpoint", "key", "limit", "window", "count", "mode",
+                ],
+            );
             print!(
                 "\n{}",
                 render(
@@ -270,22 +276,13 @@ pub async fn dispatch(client: &Client, json_out: bool, cmd: Admin) -> Result<(),
                 print_json(&v);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = v["entries"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|e| {
-                            ["at", "actor", "action", "target", "reason"]
-                                .iter()
-                                .map(|k| cell(&e[*k]))
-                                .collect()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let entries = rows(
+                &v["entries"],
+                &["at", "actor", "action", "target", "reason"],
+            );
             print!(
                 "{}",
-                render(&["AT", "ACTOR", "ACTION", "TARGET", "REASON"], &rows)
+                render(&["AT", "ACTOR", "ACTION", "TARGET", "REASON"], &entries)
             );
             Ok(())
         }
@@ -310,26 +307,16 @@ async fn campaign(client: &Client, json_out: bool, cmd: CampaignCmd) -> Result<(
             let v = client
                 .json(Method::GET, &format!("/v1/campaigns?limit={limit}"), None)
                 .await?;
-            if json_out {
-                print_json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = v["campaigns"]
-                    .as_array()
-                    .map(|a| a.iter().map(campaign_row).collect())
-                    .unwrap_or_default();
-                print!("{}", render(&CAMPAIGN_COLUMNS, &rows));
-            }
+            print_either(json_out, &v, |v| {
+                render(&CAMPAIGN_COLUMNS, &rows(&v["campaigns"], &CAMPAIGN_FIELDS))
+            });
             return Ok(());
         }
         CampaignCmd::Show { id } => {
             let v = client
                 .json(Method::GET, &format!("/v1/campaigns/{id}"), None)
                 .await?;
-            if json_out {
-                print_json(&v);
-            } else {
-                print!("{}", show_campaign(&v));
-            }
+            print_either(json_out, &v, show_campaign);
             return Ok(());
         }
         CampaignCmd::Pause(t) => ("pause", t),
@@ -473,24 +460,15 @@ async fn ban(client: &Client, json_out: bool, cmd: BanCmd) -> Result<(), CliErro
             }
         ),
         BanCmd::List { .. } => {
-            let rows: Vec<Vec<String>> = v["bans"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|b| {
-                            ["kind", "subject", "until", "source", "by", "reason"]
-                                .iter()
-                                .map(|k| cell(&b[*k]))
-                                .collect()
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let bans = rows(
+                &v["bans"],
+                &["kind", "subject", "until", "source", "by", "reason"],
+            );
             print!(
                 "{}",
                 render(
                     &["KIND", "SUBJECT", "UNTIL", "SOURCE", "BY", "REASON"],
-                    &rows
+                    &bans
                 )
             );
         }

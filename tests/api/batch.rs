@@ -1,12 +1,10 @@
 //! Group commit: concurrent claims on one campaign share script calls, and
 //! batching changes no outcome (store::batch, lua/claim.lua).
 
-use std::collections::HashSet;
-
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{counter, phone, spawn_app};
+use crate::helpers::{assert_exact_issue, counter, phone, spawn_app};
 
 #[tokio::test]
 async fn concurrent_claims_share_calls_and_never_over_issue() {
@@ -25,23 +23,7 @@ async fn concurrent_claims_share_calls_and_never_over_issue() {
         }
     }))
     .await;
-    let issued: Vec<&(usize, u16, Value)> = answers.iter().filter(|a| a.1 == 201).collect();
-    assert_eq!(issued.len(), 120, "exactly the stock is issued");
-    let codes: HashSet<&str> = issued
-        .iter()
-        .map(|a| a.2["code"].as_str().unwrap())
-        .collect();
-    assert_eq!(codes.len(), 120, "no code twice");
-    let phones: HashSet<usize> = issued.iter().map(|a| a.0).collect();
-    assert_eq!(phones.len(), 120, "no phone got two coupons (per_phone 1)");
-    for (_, status, body) in &answers {
-        assert!(
-            *status == 201
-                || (*status == 409 && body["code"] == "sold_out")
-                || (*status == 429 && body["limit"] == "per_phone"),
-            "{status} {body}"
-        );
-    }
+    assert_exact_issue(&answers, 120);
     let c = app.campaign(&id).await;
     assert_eq!(
         (c["issued"].as_i64(), c["remaining"].as_i64()),

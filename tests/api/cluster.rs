@@ -9,6 +9,16 @@ use serde_json::{Value, json};
 use crate::cluster_support::RedisCluster;
 use crate::helpers::*;
 
+/// Claims one coupon that must be issued; its code.
+async fn issued_code(app: &TestApp, id: &str, i: usize) -> String {
+    let res = app.claim(id, &phone(i), &format!("d{i}")).await;
+    assert_eq!(res.status(), 201);
+    res.json::<Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn spawn_on(cluster: &RedisCluster, rules: Option<&RulesFile>) -> TestApp {
     let mut s = test_settings(Some(cluster.url()));
     s.limits_file = rules.map(|r| r.path.clone());
@@ -33,23 +43,7 @@ async fn racing_claims_issue_exactly_the_stock_and_every_code_redeems() {
         }
     }))
     .await;
-    let issued: Vec<_> = answers.iter().filter(|a| a.1 == 201).collect();
-    assert_eq!(issued.len(), 60, "exactly the stock");
-    let codes: HashSet<&str> = issued
-        .iter()
-        .map(|a| a.2["code"].as_str().unwrap())
-        .collect();
-    assert_eq!(codes.len(), 60, "no code twice");
-    let phones: HashSet<usize> = issued.iter().map(|a| a.0).collect();
-    assert_eq!(phones.len(), 60, "per_phone is exact");
-    for (_, status, body) in &answers {
-        assert!(
-            *status == 201
-                || (*status == 409 && body["code"] == "sold_out")
-                || (*status == 429 && body["limit"] == "per_phone"),
-            "{status} {body}"
-        );
-    }
+    let codes = assert_exact_issue(&answers, 60);
     let c = app.campaign(&id).await;
     assert_eq!(
         (c["issued"].as_i64(), c["status"].as_str()),
@@ -293,14 +287,7 @@ async fn a_failover_to_a_replica_is_followed_without_a_restart() {
         .await;
     let mut codes = HashSet::new();
     for i in 0..20 {
-        let res = app.claim(&id, &phone(i), &format!("d{i}")).await;
-        assert_eq!(res.status(), 201);
-        codes.insert(
-            res.json::<Value>().await.unwrap()["code"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        codes.insert(issued_code(&app, &id, i).await);
     }
     let owner = cluster.owner_of(&format!("st:{{{id}}}:meta"));
     // Let the replica catch up (asynchronous replication: see docs/scaling.md).
@@ -337,14 +324,7 @@ async fn a_failover_to_a_replica_is_followed_without_a_restart() {
     }
     cluster.wait_ok();
     for i in 200..210 {
-        let res = app.claim(&id, &phone(i), &format!("d{i}")).await;
-        assert_eq!(res.status(), 201);
-        codes.insert(
-            res.json::<Value>().await.unwrap()["code"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        codes.insert(issued_code(&app, &id, i).await);
     }
     assert_eq!(codes.len(), 31, "no code issued twice across the failover");
     assert_eq!(app.campaign(&id).await["issued"], 31);

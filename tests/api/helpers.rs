@@ -419,3 +419,32 @@ pub fn counter(metrics: &str, name_and_labels: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Checks racing claims' answers `(phone index, status, body)` on a campaign
+/// of `stock` with `per_phone` 1: exactly `stock` issued, no code twice, no
+/// phone twice, every other answer `sold_out` or `per_phone`. The codes.
+pub fn assert_exact_issue(answers: &[(usize, u16, Value)], stock: usize) -> Vec<String> {
+    use std::collections::HashSet;
+    let issued: Vec<_> = answers.iter().filter(|a| a.1 == 201).collect();
+    assert_eq!(issued.len(), stock, "exactly the stock is issued");
+    let codes: HashSet<&str> = issued
+        .iter()
+        .map(|a| a.2["code"].as_str().expect("code"))
+        .collect();
+    assert_eq!(codes.len(), stock, "no code twice");
+    let phones: HashSet<usize> = issued.iter().map(|a| a.0).collect();
+    assert_eq!(
+        phones.len(),
+        stock,
+        "no phone got two coupons (per_phone 1)"
+    );
+    for (_, status, body) in answers {
+        assert!(
+            *status == 201
+                || (*status == 409 && body["code"] == "sold_out")
+                || (*status == 429 && body["limit"] == "per_phone"),
+            "{status} {body}"
+        );
+    }
+    codes.into_iter().map(str::to_owned).collect()
+}

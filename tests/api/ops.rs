@@ -132,6 +132,22 @@ impl Page {
         r["result"]["value"].clone()
     }
 
+    /// Saves a PNG of the page as `target/<name>`.
+    async fn screenshot(&mut self, name: &str) {
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &png).unwrap();
+    }
+
     /// Waits until `js` evaluates to a value `ok` accepts; that value.
     async fn wait_for(&mut self, what: &str, js: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -252,16 +268,7 @@ async fn the_war_room_shows_stock_falling_and_rejections_rising() {
         "live"
     );
 
-    let shot = page
-        .call("Page.captureScreenshot", json!({"format": "png"}))
-        .await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ops-war-room.png");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, &png).unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    page.screenshot("ops-war-room.png").await;
     // A phone's width: the same page, one column.
     page.call(
         "Emulation.setDeviceMetricsOverride",
@@ -273,13 +280,7 @@ async fn the_war_room_shows_stock_falling_and_rejections_rising() {
         width.as_i64().unwrap() <= 390,
         "no sideways scrolling on a phone: {width}"
     );
-    let shot = page
-        .call("Page.captureScreenshot", json!({"format": "png"}))
-        .await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    std::fs::write(path.with_file_name("ops-war-room-phone.png"), &png).unwrap();
+    page.screenshot("ops-war-room-phone.png").await;
     drop(browser);
     app.stop().await;
 }
