@@ -96,8 +96,9 @@ pub struct Verdict {
 pub struct Pending {
     limits: Arc<Limits>,
     subject: Subject,
-    /// (the rule's place in the file, its call)
-    planned: Vec<(usize, RuleCall)>,
+    /// Each rule's place in the file, and its call (same order).
+    indices: Vec<usize>,
+    calls: Vec<RuleCall>,
     now_ms: i64,
 }
 
@@ -106,20 +107,21 @@ impl Pending {
         Self {
             limits,
             subject: Subject::default(),
-            planned: Vec::new(),
+            indices: Vec::new(),
+            calls: Vec::new(),
             now_ms: 0,
         }
     }
 
     /// True when no rule looks at the request.
     pub fn is_empty(&self) -> bool {
-        self.planned.is_empty()
+        self.calls.is_empty()
     }
 
     /// The rules' calls, in order (for a use case that checks them in its
     /// own script call).
-    pub fn calls(&self) -> Vec<RuleCall> {
-        self.planned.iter().map(|(_, c)| c.clone()).collect()
+    pub fn calls(&self) -> &[RuleCall] {
+        &self.calls
     }
 }
 
@@ -353,26 +355,28 @@ impl Guard {
             device: who.device.map(|(_, d)| d.clone()),
             user: who.user.map(|u| self.ids.user(u)),
         };
-        let planned: Vec<(usize, RuleCall)> = plan(&limits.set, endpoint, &subject)
+        let (indices, calls) = plan(&limits.set, endpoint, &subject)
             .into_iter()
             .map(|p| (p.index, p.call))
-            .collect();
+            .unzip();
         Ok(Pending {
             limits,
             subject,
-            planned,
+            indices,
+            calls,
             now_ms: self.clock.now_ms(),
         })
     }
 
     /// Checks the pending rules, one script call per hash slot, and judges.
     pub async fn run(&self, pending: Pending) -> Result<Verdict, ApiError> {
-        if pending.planned.is_empty() {
+        if pending.is_empty() {
             return Ok(Verdict::default());
         }
         let planned: Vec<Planned<'_>> = pending
-            .planned
+            .indices
             .iter()
+            .zip(&pending.calls)
             .map(|(index, call)| Planned {
                 rule: &pending.limits.set.rules[*index],
                 index: *index,
@@ -401,11 +405,11 @@ impl Guard {
         pending: Pending,
         results: &[RuleResult],
     ) -> Result<Verdict, ApiError> {
-        if results.len() != pending.planned.len() {
+        if results.len() != pending.calls.len() {
             tracing::error!(
                 "the rules answered {} of {} checks",
                 results.len(),
-                pending.planned.len()
+                pending.calls.len()
             );
             return Err(ApiError::Internal);
         }
@@ -413,7 +417,7 @@ impl Guard {
         let subject = &pending.subject;
         let mut decision = Decision::default();
         let mut bans: Vec<(String, BanRecord)> = Vec::new();
-        for ((index, _), r) in pending.planned.iter().zip(results) {
+        for (index, r) in pending.indices.iter().zip(results) {
             let rule = &pending.limits.set.rules[*index];
             let label = match r.status {
                 RuleStatus::Ok => "allowed",
@@ -460,13 +464,14 @@ impl Guard {
         Ok(Verdict {
             rate: decision.tightest,
             settle: pending
-                .planned
-                .into_iter()
+                .indices
+                .iter()
+                .zip(pending.calls)
                 .filter(|(index, _)| {
-                    let rule = &limits.set.rules[*index];
+                    let rule = &limits.set.rules[**index];
                     rule.distinct.is_none() && rule.count != Count::Requests
                 })
-                .map(|(index, call)| (limits.set.rules[index].count, call))
+                .map(|(index, call)| (limits.set.rules[*index].count, call))
                 .collect(),
         })
     }

@@ -77,10 +77,9 @@ pub async fn claim(
     let together =
         !pending.is_empty() && caller.ctx.idempotency_key.is_none() && !services.store.is_cluster();
     let (verdict, result) = if together {
-        let calls = pending.calls();
         let checked = services
             .claims
-            .claim_with_rules(&cmd, &claimant, &caller.ctx, &calls)
+            .claim_with_rules(&cmd, &claimant, &caller.ctx, pending.calls())
             .await?;
         let verdict = match checked.rules {
             Some(results) => services.guard.decide(pending, &results).await,
