@@ -3,6 +3,10 @@
 //! webhook backlog) and keeps 15 minutes of claims/s and redemptions/s;
 //! every open page gets the same snapshot over SSE (`http::warroom`).
 //!
+//! While no page is open, a sample reads only each campaign's counters (one
+//! call each), so the rate history is there when one opens; refusals and
+//! webhook backlogs are read only while someone watches.
+//!
 //! Rates are differences of the campaigns' `issued` and `redeemed` counters
 //! between samples, so they count every instance's traffic. Nothing here
 //! holds an identity: campaign ids, counts, rule names, a webhook's host.
@@ -135,6 +139,7 @@ impl WarRoom {
     /// Reads every recent campaign and publishes a snapshot.
     pub async fn sample(&self) {
         let now = self.clock.now_ms();
+        let watched = self.latest.receiver_count() > 0;
         let redis_up = self.store.ping().await.is_ok();
         let ids = if redis_up {
             self.store
@@ -146,18 +151,31 @@ impl WarRoom {
         };
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
-            let Ok(stats) = self.reports.stats(&id).await else {
+            let Ok(cid) = crate::domain::campaign::CampaignId::parse(&id) else {
                 continue;
+            };
+            let keys = CampaignKeys::new(&cid);
+            // With no page open only the counters are read (the rate
+            // history keeps going); refusals and webhooks when watched.
+            let stats = if watched {
+                match self.reports.stats(&id).await {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                }
+            } else {
+                match self.store.campaign(&keys).await {
+                    Ok(c) => crate::service::reports::Stats {
+                        campaign: c,
+                        ..Default::default()
+                    },
+                    Err(_) => continue,
+                }
             };
             let Some(c) = stats.campaign else { continue };
             let remaining = (c.spec.stock - c.issued).max(0);
             let low_stock_at = c.spec.low_stock_at();
             let webhook = match &c.spec.alerts.webhook_url {
-                Some(url) => {
-                    let keys = match crate::domain::campaign::CampaignId::parse(&id) {
-                        Ok(cid) => CampaignKeys::new(&cid),
-                        Err(_) => continue,
-                    };
+                Some(url) if watched => {
                     let (events, unacknowledged) =
                         self.store.outbox_backlog(&keys).await.unwrap_or((0, 0));
                     Some(WebhookState {
@@ -169,7 +187,7 @@ impl WarRoom {
                         unacknowledged,
                     })
                 }
-                None => None,
+                _ => None,
             };
             rows.push(CampaignRow {
                 status: Status::derive(&c.state, &c.spec, c.issued, now),
