@@ -116,6 +116,10 @@ pub struct CampaignDraft {
     pub bind_to_claimer: Option<bool>,
     pub eligibility: Option<Eligibility>,
     pub alerts: Option<Alerts>,
+    /// Split the stock over this many shards (1..=64; default 1), each with
+    /// its own hash tag, so one campaign's claims spread over Redis Cluster
+    /// masters (`docs/scaling.md`).
+    pub stock_shards: Option<i64>,
 }
 
 /// A validated campaign definition.
@@ -150,7 +154,21 @@ pub struct CampaignSpec {
     /// The lifecycle state it was created in (its first answer shows it).
     #[serde(default = "active")]
     pub initial_state: String,
+    /// Stock shards (1: the campaign's keys only; fixed at create).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub stock_shards: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The most stock shards a campaign can have.
+pub const MAX_STOCK_SHARDS: i64 = 64;
 
 fn active() -> String {
     "active".into()
@@ -339,6 +357,15 @@ impl CampaignSpec {
         eligibility.validate(&mut errs);
         let alerts = req.alerts.clone().unwrap_or_default();
         alerts.validate(policy, &mut errs);
+        let stock_shards = req.stock_shards.unwrap_or(1);
+        if !(1..=MAX_STOCK_SHARDS).contains(&stock_shards) {
+            errs.push("stock_shards", "must be between 1 and 64");
+        } else if stock_shards > 1 && alerts.webhook_url.is_some() {
+            errs.push(
+                "stock_shards",
+                "a sharded campaign sends no stock webhooks yet: use 1 with alerts.webhook_url",
+            );
+        }
         let spec = coupon.map(|coupon| CampaignSpec {
             id,
             name,
@@ -362,6 +389,7 @@ impl CampaignSpec {
             )
             .as_str()
             .to_owned(),
+            stock_shards: stock_shards.clamp(1, MAX_STOCK_SHARDS) as u32,
         });
         match (errs.0.is_empty(), spec) {
             (true, Some(spec)) => Ok(spec),

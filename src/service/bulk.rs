@@ -122,6 +122,13 @@ impl BulkService {
             .get(id)
             .await?
             .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))?;
+        if info.shards > 1 {
+            return Err(ApiError::field(
+                "stock_shards",
+                "bulk codes are not offered on a campaign with stock_shards > 1",
+            )
+            .into());
+        }
         let count = cmd.count.to_string();
         let fingerprint = self
             .idem

@@ -95,6 +95,13 @@ impl CampaignService {
             .await?
         {
             CreateOutcome::Created => {
+                if spec.stock_shards > 1 {
+                    // The shards, from the record just written (a create
+                    // that dies here is repaired by the first claim).
+                    if let Some(c) = self.store.campaign(&keys).await? {
+                        self.store.sync_shards(&c).await?;
+                    }
+                }
                 self.catalog.remember(CampaignInfo::new(
                     &spec,
                     no,

@@ -27,6 +27,13 @@ pub struct CampaignInfo {
     pub keys: CampaignKeys,
     /// How many hashes each quota kind is cut into (fixed at create).
     pub quota_buckets: u32,
+    /// Stock shards (fixed at create; 1: claims go to `keys`).
+    pub shards: u32,
+    /// The shards' keys (empty unsharded).
+    pub shard_keys: Vec<CampaignKeys>,
+    /// Held while this instance moves stock to one of its shards, so a
+    /// flood on a dry shard starts one transfer, not one per claim.
+    pub refill: tokio::sync::Mutex<()>,
 }
 
 impl CampaignInfo {
@@ -40,7 +47,35 @@ impl CampaignInfo {
             eligibility: spec.eligibility.clone(),
             keys,
             quota_buckets,
+            shards: spec.stock_shards.max(1),
+            shard_keys: if spec.stock_shards > 1 {
+                (0..spec.stock_shards)
+                    .map(|i| CampaignKeys::shard(&spec.id, i, spec.stock_shards))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            refill: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The keys a claim by `phone` goes to, and that shard's number (`None`
+    /// for an unsharded campaign).
+    pub fn route(&self, phone: &crate::domain::identity::Pseudonym) -> (CampaignKeys, Option<u32>) {
+        if self.shards <= 1 {
+            return (self.keys.clone(), None);
+        }
+        let i = crate::store::shards::shard_of(phone, self.shards);
+        (self.shard_keys[i as usize].clone(), Some(i))
+    }
+
+    /// The keys a code's `serial` lives under and its serial there.
+    pub fn locate(&self, serial: u64) -> (CampaignKeys, u64) {
+        if self.shards <= 1 {
+            return (self.keys.clone(), serial);
+        }
+        let (i, local) = crate::store::shards::split_serial(serial, self.shards);
+        (self.shard_keys[i as usize].clone(), local)
     }
 }
 

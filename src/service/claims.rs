@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::catalog::Catalog;
 use crate::service::idempotency::Idempotency;
+use crate::service::shards;
 use crate::service::soldout::SoldOut;
 use crate::store::keys::CampaignKeys;
 use crate::store::rules::{RuleCall, RuleResult};
@@ -204,10 +205,14 @@ impl ClaimService {
             ))));
         }
         let idem = self.idem.record(ctx, fingerprint);
-        let reply = self
-            .store
-            .claim(
-                &info.keys,
+        // A sharded campaign: the phone's shard (`service::shards`).
+        let (keys, shard) = info.route(&who.phone);
+        if let (Some(i), true) = (shard, idem.keep_rejections) {
+            shards::refill_if_dry(&self.store, &info, i).await?;
+        }
+        let call = |rules| {
+            self.store.claim(
+                &keys,
                 info.quota_buckets,
                 self.clock.now_ms(),
                 ClaimIds {
@@ -220,14 +225,50 @@ impl ClaimService {
                 cmd.channel.as_deref().unwrap_or(""),
                 rules,
             )
-            .await?;
+        };
+        let mut reply = call(rules).await?;
+        let mut campaign_dry = shard.is_none();
+        if let Some(i) = shard {
+            for _ in 0..shards::MAX_REFILLS {
+                let more = match &reply.outcome {
+                    Some((ClaimOutcome::SoldOut, false)) => {
+                        shards::refill(&self.store, &info, i).await?
+                    }
+                    Some((ClaimOutcome::NotFound, _)) => shards::repair(&self.store, &info).await?,
+                    _ => break,
+                };
+                if !more {
+                    campaign_dry = true;
+                    break;
+                }
+                // Its rules were charged by the first call: not again.
+                reply.outcome = call(&[]).await?.outcome;
+            }
+        }
         let Some((outcome, replayed)) = reply.outcome else {
             return Ok(Checked {
                 rules: Some(reply.rules),
                 result: None,
             });
         };
-        let result = self.answer(&info, id, outcome, replayed);
+        let outcome = match (outcome, shard) {
+            (
+                ClaimOutcome::Issued {
+                    serial,
+                    claimed_ms,
+                    expires_ms,
+                },
+                Some(i),
+            ) => ClaimOutcome::Issued {
+                serial: crate::store::shards::global_serial(serial, i, info.shards),
+                claimed_ms,
+                expires_ms,
+            },
+            (o, _) => o,
+        };
+        // A dry shard is the campaign's sold-out only when every shard is.
+        let remember = !replayed && (campaign_dry || outcome != ClaimOutcome::SoldOut);
+        let result = self.answer(&info, id, outcome, !remember);
         Ok(Checked {
             rules: Some(reply.rules),
             result: Some(result),
@@ -235,7 +276,8 @@ impl ClaimService {
     }
 
     /// The answer to a claim the script ran: metrics, the in-process
-    /// memory of refusals every claim gets, the minted code.
+    /// memory of refusals every claim gets (not when `replayed`: an old
+    /// answer, or a dry shard of a campaign that is not), the minted code.
     fn answer(
         &self,
         info: &crate::service::catalog::CampaignInfo,

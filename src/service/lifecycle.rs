@@ -50,6 +50,17 @@ impl LifecycleService {
             .ok_or_else(|| ApiError::CampaignNotFound(id.to_owned()))
     }
 
+    /// The campaign after a change, with the change copied into its stock
+    /// shards (`store::shards`; a no-op unsharded). Until every shard has
+    /// it, claims on the others follow the old rules: one call per shard,
+    /// and a sync that fails is answered 503 (the change itself is made;
+    /// the next change or the client's retry copies it again).
+    async fn read_synced(&self, keys: &CampaignKeys, id: &str) -> Result<StoredCampaign, ApiError> {
+        let c = self.read(keys, id).await?;
+        self.store.sync_shards(&c).await?;
+        Ok(c)
+    }
+
     /// Applies `action` to the campaign; returns it as it is after.
     pub async fn act(
         &self,
@@ -89,7 +100,7 @@ impl LifecycleService {
                 TransitionOutcome::Done => {
                     self.soldout.forget(id.as_str());
                     tracing::info!(campaign = %id, action = action.as_str(), by = %ctx.caller, from = from.as_str(), to = to.as_str(), "campaign moved");
-                    return self.read(&keys, id.as_str()).await;
+                    return self.read_synced(&keys, id.as_str()).await;
                 }
                 TransitionOutcome::NotFound => {
                     return Err(ApiError::CampaignNotFound(id.to_string()));
@@ -125,6 +136,18 @@ impl LifecycleService {
                 .spec
                 .patched(patch, self.policy)
                 .map_err(ApiError::InvalidRequest)?;
+            if c.spec.stock_shards > 1 && next.stock != c.spec.stock {
+                return Err(ApiError::field(
+                    "stock",
+                    "the stock of a campaign with stock_shards > 1 cannot be changed yet",
+                ));
+            }
+            if c.spec.stock_shards > 1 && next.alerts.webhook_url.is_some() {
+                return Err(ApiError::field(
+                    "alerts.webhook_url",
+                    "a campaign with stock_shards > 1 sends no stock webhooks yet",
+                ));
+            }
             let detail = changes(&c.spec, &next);
             match self
                 .store
@@ -144,7 +167,7 @@ impl LifecycleService {
                         self.store.watch_webhooks(id.as_str()).await?;
                     }
                     tracing::info!(campaign = %id, by = %ctx.caller, %detail, "campaign patched");
-                    return self.read(&keys, id.as_str()).await;
+                    return self.read_synced(&keys, id.as_str()).await;
                 }
                 PatchOutcome::NotFound => return Err(ApiError::CampaignNotFound(id.to_string())),
                 PatchOutcome::BelowIssued(issued) => {

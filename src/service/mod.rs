@@ -13,6 +13,7 @@
 //! - [`redemptions`]: redeem, roll back, validate a code (eligibility, bound codes).
 //! - [`lifecycle`]: submit, approve, reject, pause, resume, end; PATCH.
 //! - [`reports`]: stats and the audit trail.
+//! - [`shards`]: a claim on a sharded campaign whose shard is dry or missing (refill, retry).
 //! - [`soldout`]: the in-process memory of campaigns that cannot issue now (floods answered without Redis).
 //! - [`catalog`]: the in-process cache of what never changes about a campaign.
 //! - [`idempotency`]: the record every script call carries (client key or server request id).
@@ -25,6 +26,7 @@ pub mod idempotency;
 pub mod lifecycle;
 pub mod redemptions;
 pub mod reports;
+pub mod shards;
 pub mod soldout;
 pub mod warroom;
 

@@ -189,12 +189,13 @@ impl RedemptionService {
         let discount = discount(&info, cmd.order_amount, &cmd.order)?;
         let claimer = self.claimer(&info, cmd.phone.as_ref())?;
         let idem = self.idem.record(ctx, fingerprint);
+        let (keys, serial) = info.locate(payload.serial);
         let outcome = self
             .store
             .redeem(
-                &info.keys,
+                &keys,
                 self.clock.now_ms(),
-                payload.serial,
+                serial,
                 &cmd.order_id,
                 discount,
                 cmd.store_id.as_deref().unwrap_or(""),
@@ -260,14 +261,10 @@ impl RedemptionService {
         }
         let payload = self.verify(&cmd.code)?;
         let info = self.catalog.by_code(payload).await?;
+        let (keys, serial) = info.locate(payload.serial);
         let outcome = self
             .store
-            .rollback(
-                &info.keys,
-                self.clock.now_ms(),
-                payload.serial,
-                &cmd.order_id,
-            )
+            .rollback(&keys, self.clock.now_ms(), serial, &cmd.order_id)
             .await?;
         let rolled_back = match outcome {
             RollbackOutcome::RolledBack => true,
@@ -302,7 +299,8 @@ impl RedemptionService {
             Err(ApiError::InvalidCode) => return Ok(Validation::invalid(&ApiError::InvalidCode)),
             Err(e) => return Err(e),
         };
-        let state = self.store.code_state(&info.keys, payload.serial).await?;
+        let (keys, serial) = info.locate(payload.serial);
+        let state = self.store.code_state(&keys, serial).await?;
         let Some(exp) = state.claim_expires_ms else {
             return Ok(Validation::invalid(&ApiError::InvalidCode));
         };

@@ -50,7 +50,11 @@ impl ReportService {
         let mut s = Stats::default();
         let mut minutes: BTreeMap<i64, i64> =
             ((now_minute - 59)..=now_minute).map(|m| (m, 0)).collect();
-        for (field, n) in self.store.stats(&keys).await? {
+        for (field, n) in self
+            .store
+            .stats_all(&keys, id.as_str(), campaign.spec.stock_shards)
+            .await?
+        {
             let (kind, name) = field.split_once(':').unwrap_or((field.as_str(), ""));
             match kind {
                 "rej" => {

@@ -77,6 +77,22 @@ fn spec_fields(spec: &CampaignSpec) -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
+/// What a stock shard's meta copies from the record (`shard_sync.lua`):
+/// the claim rules `claim.lua` reads, never its counters. A shard sends no
+/// stock webhooks (`webhook` 0, `low_at` -1): a sharded campaign has none.
+pub(super) fn shard_fields(c: &StoredCampaign) -> Result<Vec<(&'static str, String)>> {
+    let mut f: Vec<(&'static str, String)> = spec_fields(&c.spec)?
+        .into_iter()
+        .filter(|(k, _)| !matches!(*k, "spec" | "stock" | "low_at" | "webhook"))
+        .collect();
+    f.extend([
+        ("state", c.state.clone()),
+        ("low_at", "-1".to_owned()),
+        ("webhook", "0".to_owned()),
+    ]);
+    Ok(f)
+}
+
 /// How many hashes each quota kind of a new campaign is cut into (see
 /// `store::keys`); stored at create and never changed.
 pub fn new_quota_buckets(spec: &CampaignSpec) -> u32 {
@@ -205,7 +221,7 @@ impl Store {
         let Some(spec_json) = spec else {
             return Ok(None);
         };
-        Ok(Some(StoredCampaign {
+        let mut c = StoredCampaign {
             spec: spec_from_json(&spec_json)?,
             state: state.unwrap_or_default(),
             no: parse(no.as_ref(), "campaign number")?,
@@ -218,7 +234,14 @@ impl Store {
             redeemed: parse(redeemed.as_ref(), "redeemed")?,
             ver: ver.as_deref().unwrap_or("0").to_owned(),
             quota_buckets: qb.as_deref().and_then(|b| b.parse().ok()).unwrap_or(1),
-        }))
+        };
+        // A sharded campaign's claims and redemptions are counted in its shards.
+        if c.spec.stock_shards > 1 {
+            let (issued, redeemed) = self.shard_totals(&c.spec.id, c.spec.stock_shards).await?;
+            c.issued += issued;
+            c.redeemed += redeemed;
+        }
+        Ok(Some(c))
     }
 
     /// Moves `from` -> `to` if the state is still `from`, with the audit

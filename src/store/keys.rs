@@ -15,6 +15,9 @@
 //! | `st:{c}:audit` | stream | the campaign's audit trail (create, transitions, patches, bulk codes) |
 //! | `st:{c}:outbox` | stream | webhook events, written by the script that crosses the threshold |
 //! | `st:{c}:stats` | hash | refusals by code and limit, claims per minute, redemptions by store and channel |
+//! | `st:{c#i.s}:…` | | stock shard `i` (`s`: a salt, see [`CampaignKeys::shard`]) of a campaign with `stock_shards` > 1: its own `meta` (a copy of what `claim.lua` reads, its stock slice, its `issued`/`void`/`redeemed`), quota buckets, claim records, request ids, idempotency records, redemptions, stats (`store::shards`) |
+//! | `st:{c#i.s}:xout` | hash | transfer id -> `<receiver>|<units>`: stock taken out of shard `i`, not yet confirmed applied |
+//! | `st:{c#i.s}:xin` | set | ids of the transfers shard `i` has received (a retried give adds nothing) |
 //! | `st:{c}:batches` | zset | bulk code reservations: first serial -> `first|count|created_ms|expires_ms` |
 //! | `st:{k:<digest>}` | string | an `Idempotency-Key` claimed by one request of one caller (any campaign) |
 //! | `st:{webhooks}` | set | ids of campaigns with a webhook (the outbox worker's list) |
@@ -66,6 +69,31 @@ impl CampaignKeys {
         Self {
             prefix: format!("st:{{{}}}:", id.as_str()),
         }
+    }
+
+    /// The keys of stock shard `i` of `n` of a campaign with more than one
+    /// stock shard: the same names under their own hash tag `{<c>#<i>.<s>}`
+    /// (`store::shards`). `s` is the first salt that puts the tag's slot in
+    /// the `i`-th `n`-th of the 16,384 slots, so the shards of a campaign
+    /// spread over the slot space evenly: on a cluster whose masters own
+    /// equal ranges (what `redis-cli --cluster create` makes), `n` shards
+    /// over `n` masters are one a master. `#` is outside the id's alphabet,
+    /// so no campaign's own tag can equal a shard's.
+    pub fn shard(id: &str, i: u32, n: u32) -> Self {
+        Self {
+            prefix: format!("st:{{{}}}:", shard_tag(id, i, n)),
+        }
+    }
+
+    /// Stock moved out of this shard and not yet known to be applied by
+    /// its receiver: transfer id -> `<receiver>|<units>` (`lua/shard_take.lua`).
+    pub fn transfers_out(&self) -> String {
+        self.key("xout")
+    }
+
+    /// Ids of the transfers this shard has received (`lua/shard_give.lua`).
+    pub fn transfers_in(&self) -> String {
+        self.key("xin")
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -121,16 +149,47 @@ impl CampaignKeys {
     pub fn batches(&self) -> String {
         self.key("batches")
     }
-    /// The campaign id back from any of its keys.
+    /// The campaign id back from any of its keys (a shard's too).
     pub fn campaign_of(key: &str) -> Option<&str> {
         let open = key.find('{')?;
         let close = open + key[open..].find('}')?;
-        Some(&key[open + 1..close])
+        let tag = &key[open + 1..close];
+        Some(tag.split_once('#').map_or(tag, |(c, _)| c))
     }
     /// `digest` is already a hash of the caller's key (never the raw header).
     pub fn idempotency(&self, digest: &str) -> String {
         self.key(&format!("idem:{digest}"))
     }
+}
+
+/// Redis Cluster's slot of a hash tag (CRC16/XMODEM mod 16,384).
+pub fn slot(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in tag.as_bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
+
+/// The hash tag of shard `i` of `n` (see [`CampaignKeys::shard`]).
+pub fn shard_tag(id: &str, i: u32, n: u32) -> String {
+    let n = n.max(1);
+    let (lo, hi) = (i * 16_384 / n, (i + 1) * 16_384 / n);
+    for s in 0..100_000u32 {
+        let tag = format!("{id}#{i}.{s}");
+        let slot = u32::from(slot(&tag));
+        if (lo..hi).contains(&slot) {
+            return tag;
+        }
+    }
+    format!("{id}#{i}.0")
 }
 
 /// Claim records per bucket (`cl:<serial / 64>`): the script's `64`.
@@ -236,6 +295,39 @@ mod tests {
             k.batches(),
         ] {
             assert_eq!(hash_tag(&key), "double11-20off", "{key}");
+        }
+    }
+
+    #[test]
+    fn a_shards_keys_share_its_own_tag() {
+        let k = CampaignKeys::shard("sale", 2, 3);
+        let tag = shard_tag("sale", 2, 3);
+        assert!(tag.starts_with("sale#2."), "{tag}");
+        for key in [
+            k.meta(),
+            k.quota_phone(1),
+            k.claims(70).0,
+            k.request_ids(5),
+            k.idempotency("d"),
+            k.transfers_out(),
+            k.transfers_in(),
+            k.stats(),
+        ] {
+            assert_eq!(hash_tag(&key), tag, "{key}");
+            assert_eq!(CampaignKeys::campaign_of(&key), Some("sale"));
+        }
+    }
+
+    #[test]
+    fn shard_tags_spread_over_the_slot_space() {
+        // Redis's own examples: CLUSTER KEYSLOT.
+        assert_eq!(slot("foo"), 12_182);
+        assert_eq!(slot("123456789"), 12_739);
+        for n in [2u32, 3, 7, 64] {
+            for i in 0..n {
+                let s = u32::from(slot(&shard_tag("double11", i, n)));
+                assert!(s * n / 16_384 == i, "shard {i}/{n} on slot {s}");
+            }
         }
     }
 

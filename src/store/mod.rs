@@ -10,7 +10,8 @@
 //!   claim script (batched per campaign by `batch`: group commit) and its
 //!   typed outcome; [`coupons`] the redeem / rollback scripts and theirs; [`rules`] the
 //!   rate-rule counters, bans and the audit stream; [`bulk`] the bulk-code
-//!   reservations.
+//!   reservations; [`shards`] a campaign's stock split over hash tags
+//!   (`stock_shards`): routing, serials, stock moved to a dry shard.
 //! - [`outbox`] reads the webhook outboxes through their consumer group.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
 
@@ -27,6 +28,7 @@ pub mod redis;
 pub mod reports;
 pub mod rules;
 pub mod scripts;
+pub mod shards;
 
 pub use self::campaigns::{CreateIdem, CreateOutcome, StoredCampaign};
 pub use self::claims::{ClaimIds, ClaimOutcome};

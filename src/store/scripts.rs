@@ -37,9 +37,12 @@ script!(BAN, "ban.lua");
 script!(EXPIRE_CAMPAIGN, "expire_campaign.lua");
 script!(RESERVE_CODES, "reserve_codes.lua");
 script!(VOID_CLAIM, "void_claim.lua");
+script!(SHARD_SYNC, "shard_sync.lua");
+script!(SHARD_TAKE, "shard_take.lua");
+script!(SHARD_GIVE, "shard_give.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 12] {
+pub fn all() -> [&'static Script; 15] {
     [
         &CLAIM,
         &REDEEM,
@@ -53,5 +56,8 @@ pub fn all() -> [&'static Script; 12] {
         &EXPIRE_CAMPAIGN,
         &RESERVE_CODES,
         &VOID_CLAIM,
+        &SHARD_SYNC,
+        &SHARD_TAKE,
+        &SHARD_GIVE,
     ]
 }

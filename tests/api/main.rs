@@ -25,5 +25,6 @@ mod ops;
 mod problems;
 mod redemptions;
 mod replication;
+mod shards;
 mod soldout;
 mod webhooks;
