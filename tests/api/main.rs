@@ -9,6 +9,7 @@ mod bulk;
 mod claims;
 mod cli;
 mod cluster;
+mod cluster_shards;
 mod cluster_support;
 mod contract;
 mod deadline;
