@@ -35,6 +35,10 @@ pub struct Settings {
     pub redis_wait_replicas: u32,
     /// How long a claim waits for those replicas (less than the deadline).
     pub redis_wait_timeout_ms: u64,
+    /// Wait with `WAITAOF 1 <redis_wait_replicas>` instead of `WAIT`: a
+    /// claim is acknowledged once the master's AOF (and that many
+    /// replicas') fsynced it. Redis 7.2+: refused at start on older servers.
+    pub redis_wait_aof: bool,
     /// Master secret (>= 16 bytes) for code tags and identity pseudonyms.
     /// Unset: read from, or generated once into, `<data_dir>/secret`.
     pub secret: Option<String>,
@@ -91,6 +95,7 @@ impl Default for Settings {
             redis_appendfsync: "always".into(),
             redis_wait_replicas: 0,
             redis_wait_timeout_ms: 200,
+            redis_wait_aof: false,
             secret: None,
             api_keys: String::new(),
             default_region: "CN".into(),
@@ -283,6 +288,15 @@ impl Settings {
             .default_region
             .parse::<phonenumber::country::Id>()
             .map_err(|_| invalid("default_region", "an ISO 3166 alpha-2 region, e.g. CN"))?;
+        if self.redis_wait_aof
+            && (self.redis_wait_timeout_ms == 0
+                || self.redis_wait_timeout_ms >= self.store_deadline_ms)
+        {
+            return Err(invalid(
+                "redis_wait_timeout_ms",
+                "between 1 and store_deadline_ms - 1",
+            ));
+        }
         if self.redis_wait_replicas > 0 {
             if self.redis_url.is_none() {
                 return Err(invalid(

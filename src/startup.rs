@@ -45,6 +45,8 @@ pub enum StartupError {
     Limits(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
+    #[error("durability: {0}")]
+    Durability(String),
 }
 
 /// Everything the service is, without HTTP.
@@ -96,8 +98,27 @@ impl Services {
             (None, None) => unreachable!("managed is started when no URL is set"),
         };
         let secret = load_secret(&settings)?;
-        let store = Store::open(&url, settings.store_deadline)?
-            .with_replica_wait(raw.redis_wait_replicas, raw.redis_wait_timeout_ms);
+        let store = Store::open(&url, settings.store_deadline)?;
+        let store = if raw.redis_wait_aof {
+            // Refused at start rather than answering every claim 503.
+            match store.supports_waitaof().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(StartupError::Durability(
+                        "redis_wait_aof needs WAITAOF (Redis 7.2+); this Redis does not have it"
+                            .into(),
+                    ));
+                }
+                Err(e) => {
+                    return Err(StartupError::Durability(format!(
+                        "redis_wait_aof: cannot check that Redis has WAITAOF: {e}"
+                    )));
+                }
+            }
+            store.with_aof_wait(raw.redis_wait_replicas, raw.redis_wait_timeout_ms)
+        } else {
+            store.with_replica_wait(raw.redis_wait_replicas, raw.redis_wait_timeout_ms)
+        };
         if let Err(e) = store.preload_scripts().await {
             tracing::warn!(error = %e, "could not preload scripts; they will load on first use");
         }

@@ -37,7 +37,7 @@ pub struct ClaimReply {
 fn unreplicated_error() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        "fewer replicas than redis_wait_replicas confirmed the claim",
+        "the claim was not confirmed as redis_wait_replicas / redis_wait_aof ask",
     ))
 }
 
@@ -287,15 +287,16 @@ impl Store {
             // writes are on enough replicas; short of that, its claims are
             // answered 503 and taken back like a late reply.
             let unreplicated = match (&reply, self.wait) {
-                (Ok(_), Some((replicas, timeout_ms))) => {
-                    let got = conn.wait_replicas(&shared[0], replicas, timeout_ms).await;
-                    let short = !got.as_ref().is_ok_and(|g| *g >= i64::from(replicas));
+                (Ok(_), Some((replicas, _))) => {
+                    let got = self.wait_durable(&conn, &shared[0]).await;
+                    let short = !matches!(got, Ok(true));
                     if short {
                         metrics::counter!("stampede_claim_batches_unreplicated_total").increment(1);
                         tracing::warn!(
                             ?got,
                             replicas,
-                            "a claim batch was not confirmed by its replicas"
+                            aof = self.wait_aof,
+                            "a claim batch was not confirmed as redis_wait_replicas / redis_wait_aof ask"
                         );
                     }
                     short

@@ -106,6 +106,31 @@ impl Conn {
     ) -> redis::RedisResult<i64> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(timeout_ms);
+        self.on_master_of(key, cmd).await
+    }
+
+    /// `WAITAOF 1 replicas timeout` on the node that holds `key` (Redis
+    /// 7.2+): how many replicas have fsynced its writes to their AOF, or
+    /// -1 when the master itself has not (no AOF, or not in time).
+    pub async fn wait_aof(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> redis::RedisResult<i64> {
+        let mut cmd = redis::cmd("WAITAOF");
+        cmd.arg(1).arg(replicas).arg(timeout_ms);
+        let (local, remote): (i64, i64) = self.on_master_of(key, cmd).await?;
+        Ok(if local >= 1 { remote } else { -1 })
+    }
+
+    /// Runs `cmd` on the master of `key`'s slot (the node itself, on a
+    /// single node).
+    async fn on_master_of<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<T> {
         match self {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(lazy) => {

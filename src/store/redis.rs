@@ -113,6 +113,8 @@ pub struct Store {
     deadline: Duration,
     /// Replicas a claim batch waits for, and how long (`WAIT`).
     pub(super) wait: Option<(u32, u64)>,
+    /// The wait is `WAITAOF 1 <replicas>`: the master's AOF fsync too.
+    pub(super) wait_aof: bool,
     /// The claims queued per campaign (`store::batch`).
     pub(super) claims: Arc<Batcher<ClaimCall>>,
     /// The rule checks queued per hash tag.
@@ -155,6 +157,7 @@ impl Store {
                 conn: Conn::Cluster(conn),
                 deadline,
                 wait: None,
+                wait_aof: false,
                 claims: Arc::default(),
                 rules: Arc::default(),
             });
@@ -176,6 +179,7 @@ impl Store {
             conn: Conn::Single(conn),
             deadline,
             wait: None,
+            wait_aof: false,
             claims: Arc::default(),
             rules: Arc::default(),
         })
@@ -186,6 +190,39 @@ impl Store {
     pub fn with_replica_wait(mut self, replicas: u32, timeout_ms: u64) -> Self {
         self.wait = (replicas > 0).then_some((replicas, timeout_ms));
         self
+    }
+
+    /// Acknowledge claims only once the master's AOF and `replicas`
+    /// replicas' have them on disk (`WAITAOF 1 replicas timeout_ms` after
+    /// each batched claim call; Redis 7.2+, see [`Store::supports_waitaof`]).
+    pub fn with_aof_wait(mut self, replicas: u32, timeout_ms: u64) -> Self {
+        self.wait = Some((replicas, timeout_ms));
+        self.wait_aof = true;
+        self
+    }
+
+    /// Waits after a write on `key`'s master as the durability setting says
+    /// (`WAIT` or `WAITAOF`): true when it was confirmed as asked.
+    pub(super) async fn wait_durable(&self, conn: &Conn, key: &str) -> Result<bool> {
+        let Some((replicas, timeout_ms)) = self.wait else {
+            return Ok(true);
+        };
+        let got = if self.wait_aof {
+            conn.wait_aof(key, replicas, timeout_ms).await
+        } else {
+            conn.wait_replicas(key, replicas, timeout_ms).await
+        };
+        let got = got.map_err(StoreError::classify)?;
+        Ok(got >= i64::from(replicas))
+    }
+
+    /// Whether the server knows `WAITAOF` (Redis 7.2+): `COMMAND INFO`
+    /// answers nil for a command it does not have.
+    pub async fn supports_waitaof(&self) -> Result<bool> {
+        let mut cmd = redis::cmd("COMMAND");
+        cmd.arg("INFO").arg("WAITAOF");
+        let v: Vec<redis::Value> = self.query(cmd).await?;
+        Ok(v.first().is_some_and(|v| !matches!(v, redis::Value::Nil)))
     }
 
     /// A handle on the connection (a clone: cheap).

@@ -155,9 +155,9 @@ impl Store {
         try_join_all(reads).await
     }
 
-    /// Completes one transfer: waits for the donor's replicas first when
-    /// claims do (`redis_wait_replicas`: a take a failover could lose must
-    /// not be given), adds the units to the receiver once, then drops the
+    /// Completes one transfer: waits for the donor's replicas or AOF first
+    /// when claims do (`redis_wait_replicas` / `redis_wait_aof`: a take a
+    /// failover or crash could lose must not be given), adds the units to the receiver once, then drops the
     /// donor's record. True when the units are in the receiver's stock.
     async fn give_stock(
         &self,
@@ -168,21 +168,13 @@ impl Store {
         k: i64,
     ) -> Result<bool> {
         let d = CampaignKeys::shard(id, donor, shards);
-        if let Some((replicas, timeout_ms)) = self.wait {
-            let got = self
-                .conn()
-                .wait_replicas(&d.meta(), replicas, timeout_ms)
-                .await
-                .map_err(StoreError::classify)?;
-            if got < i64::from(replicas) {
-                // Left pending: the next refill tries again.
-                tracing::warn!(
-                    got,
-                    replicas,
-                    "a stock transfer's take was not confirmed by its replicas"
-                );
-                return Err(StoreError::Timeout(self.deadline()));
-            }
+        if !self.wait_durable(&self.conn(), &d.meta()).await? {
+            // Left pending: the next refill tries again.
+            tracing::warn!(
+                donor,
+                "a stock transfer's take was not confirmed as durable"
+            );
+            return Err(StoreError::Timeout(self.deadline()));
         }
         let r = CampaignKeys::shard(id, receiver, shards);
         let out = self

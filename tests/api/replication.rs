@@ -168,3 +168,47 @@ fn waiting_for_replicas_needs_a_redis_url_and_a_timeout_under_the_deadline() {
     s.redis_wait_timeout_ms = 100;
     assert!(s.validate().is_ok());
 }
+
+/// `redis_wait_aof` (`WAITAOF 1 <replicas>`) needs Redis 7.2+. On a server
+/// without `WAITAOF` (Debian 12's 7.0 here) the service refuses to start,
+/// saying why; on one with it, claims are acknowledged once the master's
+/// AOF has them.
+#[tokio::test]
+async fn waiting_for_the_aof_is_refused_at_start_without_waitaof_and_works_with_it() {
+    crate::single_node_only!("reads one redis-server's version by hand");
+    let redis = RedisServer::start();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.conn())
+        .unwrap();
+    let version: Vec<u32> = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap()
+        .trim()
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let mut s = test_settings(Some(redis.url()));
+    s.redis_wait_aof = true;
+    let built = stampede::startup::Application::build(
+        s.clone().validate().unwrap(),
+        std::sync::Arc::new(stampede::domain::clock::ManualClock::new(now())),
+    )
+    .await;
+    if version < vec![7, 2] {
+        let Err(e) = built else {
+            panic!("redis {version:?} has no WAITAOF: the start must be refused");
+        };
+        assert!(e.to_string().contains("WAITAOF"), "{e}");
+        return;
+    }
+    drop(built);
+    let app = spawn_with_settings(s).await;
+    let id = app
+        .create_campaign(json!({"stock": 5, "coupon": {"kind": "amount_off", "amount_off": 100}}))
+        .await;
+    app.claim_code(&id, &phone(1), "d1").await;
+    assert_eq!(app.campaign(&id).await["issued"], 1);
+    app.stop().await;
+}
