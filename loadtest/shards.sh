@@ -46,6 +46,8 @@ sample() {
       END {printf "%d %.2f\n", c, s+u}'
   done
 }
+# The service's CPU ticks (user + sys).
+svc_cpu() { awk '{print $14 + $15}' "/proc/$S/stat"; }
 # Warm-up: connections, scripts loaded on every master.
 for c in hot1 hot3; do
   ROUND=90 wrk -t1 -c16 -d1s -s loadtest/claim.lua "http://$SVC/v1/campaigns/$c/claims" >/dev/null
@@ -54,14 +56,18 @@ r=0
 for round in $(seq "$ROUNDS"); do
   for c in hot1 hot3; do
     r=$((r + 1))
-    before=$(sample)
+    before=$(sample); svc0=$(svc_cpu)
     out=$(ROUND=$r wrk -t1 -c64 -d"${SECS}s" --latency -s loadtest/claim.lua "http://$SVC/v1/campaigns/$c/claims")
-    after=$(sample)
+    after=$(sample); svc1=$(svc_cpu)
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     bad=$(awk -F'[:,]' '/non-2xx/ {print $2}' <<<"$out")
     per=$(paste <(echo "$before") <(echo "$after") | awk -v secs="$SECS" '
       {printf "%d calls, %.0f%% cpu; ", $3-$1, 100*($4-$2)/secs}')
-    echo "round $round $c: $rps claims/s, p50 $p50, p99 $p99, non-2xx$bad | per master: $per"
+    per="$per(redis us/claim: $(paste <(echo "$before") <(echo "$after") | awk -v secs="$SECS" -v rps="$rps" '
+      {c+=$4-$2} END {printf "%.1f", 1e6*c/(rps*secs)}'))"
+    svc=$(awk -v a="$svc0" -v b="$svc1" -v secs="$SECS" -v rps="$rps" -v tck="$(getconf CLK_TCK)" \
+      'BEGIN {cpu=(b-a)/tck; printf "%.0f%% cpu, %.1f us/claim", 100*cpu/secs, 1e6*cpu/(rps*secs)}')
+    echo "round $round $c: $rps claims/s, p50 $p50, p99 $p99, non-2xx$bad | service: $svc | per master: $per"
   done
 done

@@ -30,8 +30,9 @@
 //! - [`store`]: Redis: every key built in `store::keys`, every script loaded in
 //!   `store::scripts`, the campaign record's schema and its compare-and-set transitions
 //!   (`store::campaigns`), typed script outcomes (`store::coupons`, `store::bulk`), rules,
-//!   bans and audit (`store::rules`), outboxes (`store::outbox`), reports, the connection
-//!   with deadlines, the embedded `redis-server`.
+//!   bans and audit (`store::rules`), outboxes (`store::outbox`), reports, stock shards
+//!   (`store::shards`: one campaign's stock over several hash tags), the connection
+//!   with deadlines (a single node or a Redis Cluster), the embedded `redis-server`.
 //! - [`error`]: the one error type of the API, rendered by `http::problem`.
 //! - [`cli`]: the admin CLI (`stampede campaign|codes|ban|limits|audit`), a client of the
 //!   HTTP API (not of `Services`: see its module doc).
