@@ -19,7 +19,8 @@
 //!   apply, their keys, one script call per hash slot, RateLimit headers, bans).
 //! - [`worker`]: background loops: the rules-file watcher (notify), the bans refresh,
 //!   webhook delivery (each campaign's outbox stream, at least once, SSRF-checked), and
-//!   the gauges `deploy/`'s dashboard and alerts read (Redis up, each campaign's stock).
+//!   the gauges `deploy/`'s dashboard and alerts read (Redis up, each campaign's stock),
+//!   and the stock webhooks of sharded campaigns (their shards' summed counters).
 //! - [`service`]: one file per use case (campaigns, claims, redemptions, lifecycle and
 //!   PATCH, bulk codes, reports: stats and audit) plus the campaign catalog and idempotency
 //!   records: call the store, map the outcome to API errors.

@@ -360,11 +360,6 @@ impl CampaignSpec {
         let stock_shards = req.stock_shards.unwrap_or(1);
         if !(1..=MAX_STOCK_SHARDS).contains(&stock_shards) {
             errs.push("stock_shards", "must be between 1 and 64");
-        } else if stock_shards > 1 && alerts.webhook_url.is_some() {
-            errs.push(
-                "stock_shards",
-                "a sharded campaign sends no stock webhooks yet: use 1 with alerts.webhook_url",
-            );
         }
         let spec = coupon.map(|coupon| CampaignSpec {
             id,

@@ -32,6 +32,7 @@ use crate::service::catalog::{CampaignInfo, Catalog};
 use crate::service::idempotency::Idempotency;
 use crate::store::Store;
 use crate::store::bulk::{Batch, ReserveIdem, ReserveOutcome};
+use crate::store::keys::CampaignKeys;
 
 /// The largest reservation one request may ask for.
 pub const MAX_COUNT: i64 = 1_000_000;
@@ -122,13 +123,6 @@ impl BulkService {
             .get(id)
             .await?
             .ok_or_else(|| ApiError::CampaignNotFound(id.to_string()))?;
-        if info.shards > 1 {
-            return Err(ApiError::field(
-                "stock_shards",
-                "bulk codes are not offered on a campaign with stock_shards > 1",
-            )
-            .into());
-        }
         let count = cmd.count.to_string();
         let fingerprint = self
             .idem
@@ -141,15 +135,22 @@ impl BulkService {
             ttl_secs: rec.ttl_secs,
             lease_ms: LEASE_MS,
         };
+        // A sharded campaign reserves in shard 0 (always the same one, so a
+        // retry finds its reservation there): its unclaimed stock is
+        // gathered there first, then one range of its serials is taken.
+        let keys = if info.shards > 1 {
+            let _one = info.refill.lock().await;
+            self.store
+                .gather_stock(&info.keys, (&info.id, info.shards), 0, i64::from(cmd.count))
+                .await
+                .map_err(ApiError::from)?;
+            info.shard_keys[0].clone()
+        } else {
+            info.keys.clone()
+        };
         let outcome = self
             .store
-            .reserve_codes(
-                &info.keys,
-                self.clock.now_ms(),
-                cmd.count,
-                &ctx.caller,
-                &idem,
-            )
+            .reserve_codes(&keys, self.clock.now_ms(), cmd.count, &ctx.caller, &idem)
             .await
             .map_err(ApiError::from)?;
         let label = match &outcome {
@@ -195,6 +196,31 @@ impl BulkService {
         }
         if !replay {
             metrics::counter!("stampede_bulk_codes_total").increment(batch.count);
+            if info.shards > 1 {
+                // The shard's script wrote its audit entry in the shard's
+                // slot; the campaign's trail gets one too (a second write:
+                // lost only if this instance dies right here).
+                let detail = format!(
+                    "count={} first={} shard=0 of {}",
+                    batch.count,
+                    crate::store::shards::global_serial(batch.first, 0, info.shards),
+                    info.shards
+                );
+                let audit = self
+                    .store
+                    .campaign_audit(
+                        &info.keys,
+                        id.as_str(),
+                        self.clock.now_ms(),
+                        &ctx.caller,
+                        "campaign.codes",
+                        &detail,
+                    )
+                    .await;
+                if let Err(e) = audit {
+                    tracing::warn!(error = %e, campaign = %id, "bulk codes not in the campaign's audit trail");
+                }
+            }
         }
         tracing::info!(campaign = %id, first = batch.first, count = batch.count, by = %ctx.caller, replay, "bulk codes");
         Ok(BulkCodes {
@@ -203,6 +229,7 @@ impl BulkService {
             replay,
             finish: Finish {
                 store: self.store.clone(),
+                keys,
                 info,
                 idem,
                 count: cmd.count,
@@ -216,6 +243,8 @@ impl BulkService {
 /// Marks the reservation's record `done` once its stream was produced.
 struct Finish {
     store: Store,
+    /// Where the reservation is (the campaign's keys, or its shard 0's).
+    keys: CampaignKeys,
     info: Arc<CampaignInfo>,
     idem: ReserveIdem,
     count: u32,
@@ -228,7 +257,7 @@ impl Finish {
         let done = self
             .store
             .codes_streamed(
-                &self.info.keys,
+                &self.keys,
                 self.clock.now_ms(),
                 self.count,
                 &self.actor,
@@ -332,13 +361,19 @@ pub struct CsvLines {
     suffix: String,
     next: u64,
     end: u64,
+    /// A code's serial is `local * stride` (a sharded campaign's shard 0:
+    /// `stride` = its shard count, `store::shards::global_serial`; else 1).
+    stride: u64,
     header: bool,
     chunk_lines: usize,
 }
 
 impl CsvLines {
     pub fn new(key: CodeKey, info: &CampaignInfo, batch: Batch, chunk_lines: usize) -> Self {
-        Self::for_campaign(key, info.no, &info.id, batch, chunk_lines)
+        Self {
+            stride: u64::from(info.shards.max(1)),
+            ..Self::for_campaign(key, info.no, &info.id, batch, chunk_lines)
+        }
     }
 
     /// The lines of `batch` of campaign number `campaign_no`, id `campaign_id`.
@@ -360,6 +395,7 @@ impl CsvLines {
             suffix: format!(",{campaign_id},{expires}\n"),
             next: batch.first,
             end: batch.first + batch.count,
+            stride: 1,
             header: true,
             chunk_lines: chunk_lines.max(1),
         }
@@ -382,7 +418,7 @@ impl Iterator for CsvLines {
         for serial in self.next..self.next + n {
             let code = match self.key.mint(CodePayload {
                 campaign_no: self.campaign_no,
-                serial,
+                serial: serial * self.stride,
             }) {
                 Ok(c) => c,
                 Err(e) => {

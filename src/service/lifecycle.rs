@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::service::campaigns::parse_campaign_id;
 use crate::service::soldout::SoldOut;
-use crate::store::campaigns::{PatchOutcome, TransitionOutcome};
+use crate::store::campaigns::{PatchOutcome, PatchWrite, TransitionOutcome};
 use crate::store::keys::CampaignKeys;
 use crate::store::{Store, StoredCampaign};
 
@@ -136,33 +136,45 @@ impl LifecycleService {
                 .spec
                 .patched(patch, self.policy)
                 .map_err(ApiError::InvalidRequest)?;
-            if c.spec.stock_shards > 1 && next.stock != c.spec.stock {
+            // A sharded campaign's stock can be raised: the units are
+            // granted to its shards with the new stock, in the same script
+            // (`store::shards`). Lowering it would have to take unclaimed
+            // units back from every shard while they sell: refused.
+            let shards = c.spec.stock_shards;
+            if shards > 1 && next.stock < c.spec.stock {
                 return Err(ApiError::field(
                     "stock",
-                    "the stock of a campaign with stock_shards > 1 cannot be changed yet",
+                    "the stock of a campaign with stock_shards > 1 can be raised, not lowered",
                 ));
             }
-            if c.spec.stock_shards > 1 && next.alerts.webhook_url.is_some() {
-                return Err(ApiError::field(
-                    "alerts.webhook_url",
-                    "a campaign with stock_shards > 1 sends no stock webhooks yet",
-                ));
-            }
+            let grants = if shards > 1 {
+                crate::store::shards::grants(next.stock - c.spec.stock, shards)
+            } else {
+                Vec::new()
+            };
             let detail = changes(&c.spec, &next);
             match self
                 .store
                 .patch_campaign(
                     &keys,
                     &c.ver,
-                    &next,
+                    &PatchWrite {
+                        spec: &next,
+                        detail: &detail,
+                        grants: &grants,
+                    },
                     &ctx.caller,
                     self.clock.now_ms(),
-                    &detail,
                 )
                 .await?
             {
                 PatchOutcome::Done => {
                     self.soldout.forget(id.as_str());
+                    if !grants.is_empty() {
+                        // Made: a failure here leaves the raise pending,
+                        // given by the next refill of any shard.
+                        self.store.give_grants(&keys, id.as_str(), shards).await?;
+                    }
                     if next.alerts.webhook_url.is_some() {
                         self.store.watch_webhooks(id.as_str()).await?;
                     }

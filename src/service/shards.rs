@@ -22,7 +22,9 @@ pub const MAX_REFILLS: usize = 4;
 /// this instance); false when the whole campaign is dry.
 pub async fn refill(store: &Store, info: &CampaignInfo, shard: u32) -> Result<bool, ApiError> {
     let _one = info.refill.lock().await;
-    Ok(store.refill_shard(&info.id, info.shards, shard).await?)
+    Ok(store
+        .refill_shard(&info.keys, &info.id, info.shards, shard)
+        .await?)
 }
 
 /// Before a claim under an `Idempotency-Key` (its refusal is final): refill

@@ -291,21 +291,30 @@ impl Store {
         &self,
         keys: &CampaignKeys,
         ver: &str,
-        spec: &CampaignSpec,
+        patch: &PatchWrite<'_>,
         actor: &str,
         now_ms: i64,
-        detail: &str,
     ) -> Result<PatchOutcome> {
+        let PatchWrite {
+            spec,
+            detail,
+            grants,
+        } = *patch;
         let fields = spec_fields(spec)?;
-        let (meta, audit) = (keys.meta(), keys.audit());
+        let (meta, audit, xout) = (keys.meta(), keys.audit(), keys.transfers_out());
         let (stock, now) = (spec.stock.to_string(), now_ms.to_string());
-        let mut args: Vec<&str> = vec![ver, &stock, actor, &now, detail];
+        let g = grants.len().to_string();
+        let mut args: Vec<&str> = vec![ver, &stock, actor, &now, detail, &g];
+        for (xid, to) in grants {
+            args.push(xid);
+            args.push(to);
+        }
         for (k, v) in &fields {
             args.push(k);
             args.push(v.as_str());
         }
         let out = self
-            .script(&scripts::PATCH_CAMPAIGN, &[&meta, &audit], &args)
+            .script(&scripts::PATCH_CAMPAIGN, &[&meta, &audit, &xout], &args)
             .await?;
         Ok(match out.first().map(String::as_str) {
             Some("ok") => PatchOutcome::Done,
@@ -315,6 +324,18 @@ impl Store {
             _ => return Err(StoreError::Protocol(format!("patch: {out:?}"))),
         })
     }
+}
+
+/// What a PATCH writes.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchWrite<'a> {
+    /// The campaign as patched.
+    pub spec: &'a CampaignSpec,
+    /// What changed, for the audit trail.
+    pub detail: &'a str,
+    /// (transfer id, `<shard>|<units>`): a stock raise of a sharded
+    /// campaign, recorded pending with the new stock (`store::shards`).
+    pub grants: &'a [(String, String)],
 }
 
 /// Whose an `Idempotency-Key` is.

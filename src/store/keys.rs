@@ -18,6 +18,7 @@
 //! | `st:{c#i.s}:…` | | stock shard `i` (`s`: a salt, see [`CampaignKeys::shard`]) of a campaign with `stock_shards` > 1: its own `meta` (a copy of what `claim.lua` reads, its stock slice, its `issued`/`void`/`redeemed`), quota buckets, claim records, request ids, idempotency records, redemptions, stats (`store::shards`) |
 //! | `st:{c#i.s}:xout` | hash | transfer id -> `<receiver>|<units>`: stock taken out of shard `i`, not yet confirmed applied |
 //! | `st:{c#i.s}:xin` | set | ids of the transfers shard `i` has received (a retried give adds nothing) |
+//! | `st:{c}:xout` | hash | transfer id -> `<shard>|<units>`: a stock raise of a sharded campaign (`patch_campaign.lua`), not yet confirmed given to its shard |
 //! | `st:{c}:batches` | zset | bulk code reservations: first serial -> `first|count|created_ms|expires_ms` |
 //! | `st:{k:<digest>}` | string | an `Idempotency-Key` claimed by one request of one caller (any campaign) |
 //! | `st:{webhooks}` | set | ids of campaigns with a webhook (the outbox worker's list) |
@@ -85,8 +86,10 @@ impl CampaignKeys {
         }
     }
 
-    /// Stock moved out of this shard and not yet known to be applied by
-    /// its receiver: transfer id -> `<receiver>|<units>` (`lua/shard_take.lua`).
+    /// Stock moved out of this shard (or, on the campaign record, granted by
+    /// a stock raise) and not yet known to be applied by its receiver:
+    /// transfer id -> `<receiver>|<units>` (`lua/shard_take.lua`,
+    /// `lua/patch_campaign.lua`).
     pub fn transfers_out(&self) -> String {
         self.key("xout")
     }

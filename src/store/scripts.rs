@@ -40,9 +40,10 @@ script!(VOID_CLAIM, "void_claim.lua");
 script!(SHARD_SYNC, "shard_sync.lua");
 script!(SHARD_TAKE, "shard_take.lua");
 script!(SHARD_GIVE, "shard_give.lua");
+script!(SHARD_ALERT, "shard_alert.lua");
 
 /// Every script, for preloading at start.
-pub fn all() -> [&'static Script; 15] {
+pub fn all() -> [&'static Script; 16] {
     [
         &CLAIM,
         &REDEEM,
@@ -59,5 +60,6 @@ pub fn all() -> [&'static Script; 15] {
         &SHARD_SYNC,
         &SHARD_TAKE,
         &SHARD_GIVE,
+        &SHARD_ALERT,
     ]
 }

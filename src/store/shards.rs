@@ -23,6 +23,13 @@
 //! - The claim rules are copied from the record by `shard_sync.lua`, tagged
 //!   with the record's `ver`, after every create, transition and PATCH: an
 //!   older copy never overwrites a newer one.
+//! - A stock raise is recorded on the record as grants (`patch_campaign.lua`,
+//!   the record's `xout`) with the new stock, and given once each
+//!   ([`Store::give_grants`], also by every refill).
+//! - Bulk codes gather the unclaimed stock into shard 0
+//!   ([`Store::gather_stock`]) and reserve there.
+//! - Stock webhooks: [`Store::shard_alert`] with the summed `issued`
+//!   (`worker::shard_alerts`).
 
 use futures_util::future::try_join_all;
 
@@ -82,6 +89,37 @@ impl ShardLevel {
     }
 }
 
+/// Transfer records (`xout`): id -> `<receiver>|<units>`.
+fn parse_transfers(out: Vec<(String, String)>) -> Result<Vec<(String, u32, i64)>> {
+    out.into_iter()
+        .map(|(xid, v)| {
+            let parsed = v
+                .split_once('|')
+                .and_then(|(r, k)| Some((r.parse::<u32>().ok()?, k.parse::<i64>().ok()?)));
+            match parsed {
+                Some((r, k)) => Ok((xid, r, k)),
+                None => Err(StoreError::Protocol(format!("transfer record {v:?}"))),
+            }
+        })
+        .collect()
+}
+
+/// A stock raise of `delta` on `shards` shards, as the grants
+/// `patch_campaign.lua` records with the new stock: (fresh transfer id,
+/// `<shard>|<units>`), split as evenly as [`slice`] splits a stock.
+pub fn grants(delta: i64, shards: u32) -> Vec<(String, String)> {
+    (0..shards.max(1))
+        .map(|i| (i, slice(delta, shards, i)))
+        .filter(|(_, k)| *k > 0)
+        .map(|(i, k)| {
+            (
+                uuid::Uuid::new_v4().simple().to_string(),
+                format!("{i}|{k}"),
+            )
+        })
+        .collect()
+}
+
 fn int(v: Option<&String>) -> Result<i64> {
     match v {
         None => Ok(0),
@@ -133,16 +171,7 @@ impl Store {
                 self.query::<Vec<(String, String)>>(all),
             )
             .await?;
-            let mut pending = Vec::with_capacity(out.len());
-            for (xid, v) in out {
-                let parsed = v
-                    .split_once('|')
-                    .and_then(|(r, k)| Some((r.parse::<u32>().ok()?, k.parse::<i64>().ok()?)));
-                let Some((r, k)) = parsed else {
-                    return Err(StoreError::Protocol(format!("transfer record {v:?}")));
-                };
-                pending.push((xid, r, k));
-            }
+            let pending = parse_transfers(out)?;
             Ok(ShardLevel {
                 exists: m.first().is_some_and(Option::is_some),
                 stock: int(m.first().and_then(Option::as_ref))?,
@@ -162,16 +191,15 @@ impl Store {
     async fn give_stock(
         &self,
         (id, shards): (&str, u32),
-        donor: u32,
+        d: &CampaignKeys,
         receiver: u32,
         xid: &str,
         k: i64,
     ) -> Result<bool> {
-        let d = CampaignKeys::shard(id, donor, shards);
         if !self.wait_durable(&self.conn(), &d.meta()).await? {
             // Left pending: the next refill tries again.
             tracing::warn!(
-                donor,
+                receiver,
                 "a stock transfer's take was not confirmed as durable"
             );
             return Err(StoreError::Timeout(self.deadline()));
@@ -195,22 +223,104 @@ impl Store {
         Ok(true)
     }
 
-    /// Refills shard `dry` of campaign `id`: completes every pending
-    /// transfer, then moves half the unclaimed stock of the richest other
-    /// shard to it. False when no shard has unclaimed stock and nothing is
-    /// pending: the campaign is sold out.
-    pub async fn refill_shard(&self, id: &str, shards: u32, dry: u32) -> Result<bool> {
-        let levels = self.shard_levels(id, shards).await?;
-        let mut refilled = false;
-        for (donor, l) in levels.iter().enumerate() {
-            for (xid, receiver, k) in &l.pending {
-                let given = self
-                    .give_stock((id, shards), donor as u32, *receiver, xid, *k)
-                    .await?;
-                refilled |= given && *receiver == dry;
+    /// Gives the stock raises of campaign `record` that are still pending
+    /// (`patch_campaign.lua` recorded them with the new stock; a crash or a
+    /// lost reply may have stopped the service before it gave them): each
+    /// is added to its shard once. The shards that got stock, with repeats.
+    pub async fn give_grants(
+        &self,
+        record: &CampaignKeys,
+        id: &str,
+        shards: u32,
+    ) -> Result<Vec<u32>> {
+        let mut all = redis::cmd("HGETALL");
+        all.arg(record.transfers_out());
+        let pending = parse_transfers(self.query::<Vec<(String, String)>>(all).await?)?;
+        let mut given = Vec::with_capacity(pending.len());
+        for (xid, receiver, k) in pending {
+            if receiver < shards
+                && self
+                    .give_stock((id, shards), record, receiver, &xid, k)
+                    .await?
+            {
+                given.push(receiver);
             }
         }
-        if refilled || levels.get(dry as usize).is_some_and(|l| l.free() > 0) {
+        Ok(given)
+    }
+
+    /// Completes every pending stock raise and transfer of a campaign (each
+    /// given once); the shards' levels as read before, and the shards that
+    /// got stock (with repeats).
+    async fn complete_pending(
+        &self,
+        record: &CampaignKeys,
+        id: &str,
+        shards: u32,
+    ) -> Result<(Vec<ShardLevel>, Vec<u32>)> {
+        let mut given = self.give_grants(record, id, shards).await?;
+        let levels = self.shard_levels(id, shards).await?;
+        for (donor, l) in levels.iter().enumerate() {
+            let d = CampaignKeys::shard(id, donor as u32, shards);
+            for (xid, receiver, k) in &l.pending {
+                if self
+                    .give_stock((id, shards), &d, *receiver, xid, *k)
+                    .await?
+                {
+                    given.push(*receiver);
+                }
+            }
+        }
+        Ok((levels, given))
+    }
+
+    /// Moves up to `want` units of unclaimed stock from shard `donor` to
+    /// shard `receiver` (take, then give); the units moved.
+    async fn move_stock(
+        &self,
+        (id, shards): (&str, u32),
+        donor: u32,
+        receiver: u32,
+        want: i64,
+    ) -> Result<i64> {
+        let xid = uuid::Uuid::new_v4().simple().to_string();
+        let d = CampaignKeys::shard(id, donor, shards);
+        let out = self
+            .script(
+                &scripts::SHARD_TAKE,
+                &[&d.meta(), &d.transfers_out()],
+                &[&xid, &receiver.to_string(), &want.to_string()],
+            )
+            .await?;
+        let k: i64 = crate::store::redis::parse(out.first(), "units")?;
+        if k > 0 {
+            self.give_stock((id, shards), &d, receiver, &xid, k).await?;
+        }
+        metrics::counter!("stampede_shard_transfers_total").increment(1);
+        tracing::debug!(
+            campaign = id,
+            donor,
+            receiver,
+            units = k,
+            "stock moved between shards"
+        );
+        Ok(k)
+    }
+
+    /// Refills shard `dry` of campaign `id` (its record's keys: `record`):
+    /// completes every pending transfer and stock raise, then moves half
+    /// the unclaimed stock of the richest other shard to it. False when no
+    /// shard has unclaimed stock and nothing is pending: the campaign is
+    /// sold out.
+    pub async fn refill_shard(
+        &self,
+        record: &CampaignKeys,
+        id: &str,
+        shards: u32,
+        dry: u32,
+    ) -> Result<bool> {
+        let (levels, given) = self.complete_pending(record, id, shards).await?;
+        if given.contains(&dry) || levels.get(dry as usize).is_some_and(|l| l.free() > 0) {
             return Ok(true);
         }
         let Some((donor, free)) = levels
@@ -223,33 +333,81 @@ impl Store {
             return Ok(false);
         };
         if free <= 0 {
-            // Pending transfers to other shards were completed above: a
-            // claim there takes those units.
-            return Ok(levels.iter().any(|l| !l.pending.is_empty()));
+            // Pending transfers and raises to other shards were completed
+            // above: a claim there takes those units.
+            return Ok(!given.is_empty());
         }
-        let want = (free + 1) / 2;
-        let xid = uuid::Uuid::new_v4().simple().to_string();
-        let d = CampaignKeys::shard(id, donor, shards);
-        let out = self
-            .script(
-                &scripts::SHARD_TAKE,
-                &[&d.meta(), &d.transfers_out()],
-                &[&xid, &dry.to_string(), &want.to_string()],
-            )
+        self.move_stock((id, shards), donor, dry, (free + 1) / 2)
             .await?;
-        let k: i64 = crate::store::redis::parse(out.first(), "units")?;
-        if k > 0 {
-            self.give_stock((id, shards), donor, dry, &xid, k).await?;
-        }
-        metrics::counter!("stampede_shard_transfers_total").increment(1);
-        tracing::debug!(
-            campaign = id,
-            donor,
-            receiver = dry,
-            units = k,
-            "stock moved between shards"
-        );
         Ok(true)
+    }
+
+    /// Gathers unclaimed stock into shard `into` until it has `want` units
+    /// (or every other shard is dry): for a bulk reservation, which takes
+    /// one range of one shard's serials. The units it has then.
+    pub async fn gather_stock(
+        &self,
+        record: &CampaignKeys,
+        (id, shards): (&str, u32),
+        into: u32,
+        want: i64,
+    ) -> Result<i64> {
+        self.complete_pending(record, id, shards).await?;
+        let levels = self.shard_levels(id, shards).await?;
+        let mut have = levels.get(into as usize).map_or(0, ShardLevel::free);
+        for (i, l) in levels.iter().enumerate() {
+            if have >= want {
+                break;
+            }
+            if i != into as usize && l.free() > 0 {
+                have += self
+                    .move_stock((id, shards), i as u32, into, (want - have).min(l.free()))
+                    .await?;
+            }
+        }
+        Ok(have)
+    }
+
+    /// Writes the stock webhooks a sharded campaign's summed `issued` calls
+    /// for, once each (`lua/shard_alert.lua`); the names written.
+    pub async fn shard_alert(
+        &self,
+        record: &CampaignKeys,
+        issued: i64,
+        now_ms: i64,
+    ) -> Result<Vec<String>> {
+        self.script(
+            &scripts::SHARD_ALERT,
+            &[&record.meta(), &record.outbox()],
+            &[&issued.to_string(), &now_ms.to_string()],
+        )
+        .await
+    }
+
+    /// Appends an entry to a campaign's own audit trail (for what a shard's
+    /// script did in the shard's slot, e.g. a bulk reservation).
+    pub async fn campaign_audit(
+        &self,
+        record: &CampaignKeys,
+        id: &str,
+        at_ms: i64,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(record.audit())
+            .arg(&["MAXLEN", "~", "100000", "*", "at_ms"])
+            .arg(at_ms)
+            .arg("actor")
+            .arg(actor)
+            .arg("action")
+            .arg(action)
+            .arg("target")
+            .arg(id)
+            .arg(&["reason", "", "detail"])
+            .arg(detail);
+        self.query::<String>(cmd).await.map(|_| ())
     }
 
     /// Shard `i`'s unclaimed stock (one read).

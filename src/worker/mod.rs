@@ -11,12 +11,15 @@
 //! - [`campaign_gauges`]: Redis up, and each known campaign's stock,
 //!   remaining, low-stock threshold and status, every 2 s (for `deploy/`).
 //! - the war room's snapshot (`service::warroom`), each second.
+//! - [`shard_alerts`]: the low-stock and sold-out events of campaigns with
+//!   `stock_shards` > 1, from their shards' summed counters, every 0.5 s.
 //! - [`webhooks`]: the campaigns' outboxes, drained to their webhook URLs
 //!   (at least once, retried with backoff), and `campaign.ended` at `ends_at`.
 
 pub mod ban_refresh;
 pub mod campaign_gauges;
 pub mod limits_watch;
+pub mod shard_alerts;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -28,6 +31,7 @@ pub fn start(services: &Arc<Services>) {
     let rt = crate::store::redis::redis_runtime();
     rt.spawn(flush_remembered(Arc::downgrade(services)));
     rt.spawn(campaign_gauges::run(Arc::downgrade(services)));
+    rt.spawn(shard_alerts::run(Arc::downgrade(services)));
     rt.spawn(war_room(Arc::downgrade(&services.warroom)));
     start_loops(services);
 }

@@ -273,8 +273,9 @@ async fn per_phone_is_exact_across_shards_and_per_device_drifts_to_at_most_one_p
     app.stop().await;
 }
 
-/// A pause, a resume and a PATCH reach every shard; what a sharded campaign
-/// does not offer yet is refused with a stable code.
+/// A pause, a resume and a PATCH reach every shard; a stock raise is given
+/// to the shards; lowering a sharded campaign's stock is refused with a
+/// stable code.
 #[tokio::test]
 async fn lifecycle_changes_reach_every_shard_and_unsupported_options_are_refused() {
     let app = spawn_app().await;
@@ -317,6 +318,7 @@ async fn lifecycle_changes_reach_every_shard_and_unsupported_options_are_refused
         .await;
         assert_eq!(body["limit"], "per_phone");
     }
+    // The stock can be raised (given to the shards), not lowered.
     let res = app
         .client
         .patch(app.url(&format!("/v1/campaigns/{id}")))
@@ -324,11 +326,18 @@ async fn lifecycle_changes_reach_every_shard_and_unsupported_options_are_refused
         .send()
         .await
         .unwrap();
-    assert_problem(res, 422, "invalid_request").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let stocks: i64 = (0..3).map(|i| shard_counts(&app, &id, i, 3).0).sum();
+    assert_eq!(stocks, 400, "the raise is in the shards");
     let res = app
-        .post(&format!("/v1/campaigns/{id}/codes"), &json!({"count": 5}))
-        .await;
-    assert_problem(res, 422, "invalid_request").await;
+        .client
+        .patch(app.url(&format!("/v1/campaigns/{id}")))
+        .json(&json!({"stock": 350}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(res, 422, "invalid_request").await;
+    assert!(body.to_string().contains("lowered"), "{body}");
     for bad in [json!({"stock_shards": 0}), json!({"stock_shards": 65})] {
         let mut body = json!({"stock": 10, "coupon": coupon()});
         body.as_object_mut()
@@ -342,5 +351,175 @@ async fn lifecycle_changes_reach_every_shard_and_unsupported_options_are_refused
         .await;
     }
     assert_eq!(app.campaign(&id).await["issued"], 12);
+    app.stop().await;
+}
+
+/// Sells out every shard; the codes issued (a claim answered `sold_out`
+/// while stock still moves may be followed by more: 5 refusals in a row end it).
+async fn sell_out(app: &TestApp, id: &str, from: usize) -> HashSet<String> {
+    let mut codes = HashSet::new();
+    let mut refused = 0;
+    for n in from..from + 300 {
+        let res = app.claim(id, &phone(n), &format!("d{n}")).await;
+        match res.status().as_u16() {
+            201 => {
+                refused = 0;
+                let code = res.json::<Value>().await.unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(codes.insert(code), "a code twice");
+            }
+            409 => {
+                refused += 1;
+                if refused == 5 {
+                    return codes;
+                }
+            }
+            s => panic!("{s}: {}", res.text().await.unwrap()),
+        }
+    }
+    panic!("never sold out");
+}
+
+/// A stock raise on a sold-out sharded campaign whose give to one shard
+/// fails half-way (that shard's `xin` made unusable): the PATCH is made
+/// and answered with an error, the raise stays pending on the record, the
+/// next refill gives it once, and exactly the new stock is issued.
+#[tokio::test]
+async fn a_stock_raise_cut_half_way_is_given_once_and_nothing_is_over_issued() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(json!({"stock": 6, "stock_shards": 3, "coupon": coupon()}))
+        .await;
+    let mut codes = sell_out(&app, &id, 0).await;
+    assert_eq!(codes.len(), 6);
+    assert_eq!(app.campaign(&id).await["status"], "sold_out");
+    // Shard 1's give will fail: its `xin` holds a string.
+    let shard1 = CampaignKeys::shard(&id, 1, 3);
+    let (xin, node) = (shard1.transfers_in(), shard1.meta());
+    let _: () = redis::cmd("SET")
+        .arg(&xin)
+        .arg("not a set")
+        .query(&mut node_of(&app, &node))
+        .unwrap();
+    let res = app
+        .client
+        .patch(app.url(&format!("/v1/campaigns/{id}")))
+        .json(&json!({"stock": 12}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_server_error(), "{}", res.status());
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/problem+json",
+        "a problem"
+    );
+    let c = app.campaign(&id).await;
+    assert_eq!(
+        (c["stock"].as_i64(), c["remaining"].as_i64()),
+        (Some(12), Some(6)),
+        "the raise is made, and pending units count as remaining"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&xin)
+        .query(&mut node_of(&app, &node))
+        .unwrap();
+    let more = sell_out(&app, &id, 1_000).await;
+    assert_eq!(more.len(), 6, "exactly the raise");
+    codes.extend(more);
+    assert_eq!(codes.len(), 12, "no code twice");
+    let c = app.campaign(&id).await;
+    assert_eq!(
+        (c["issued"].as_i64(), c["remaining"].as_i64()),
+        (Some(12), Some(0))
+    );
+    let (grants, record) = (format!("st:{{{id}}}:xout"), format!("st:{{{id}}}:meta"));
+    let pending: i64 = redis::cmd("HLEN")
+        .arg(&grants)
+        .query(&mut node_of(&app, &record))
+        .unwrap();
+    assert_eq!(pending, 0, "no grant left pending");
+    let stocks: i64 = (0..3).map(|i| shard_counts(&app, &id, i, 3).0).sum();
+    assert_eq!(stocks, 12, "each grant given once");
+    app.stop().await;
+}
+
+/// Bulk codes on a sharded campaign: the unclaimed stock is gathered into
+/// shard 0 and one range of its serials reserved; the codes are unique
+/// (none equal to a claimed one), each redeems once, the campaign's audit
+/// names the reservation, a retry under the same key streams the same
+/// codes, and claims and codes together issue exactly the stock.
+#[tokio::test]
+async fn bulk_codes_of_a_sharded_campaign_come_from_one_shard_and_issue_exactly_the_stock() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(json!({"stock": 30, "stock_shards": 3, "coupon": coupon()}))
+        .await;
+    let mut codes = HashSet::new();
+    for i in 0..6 {
+        assert!(codes.insert(app.claim_code(&id, &phone(i), &format!("d{i}")).await));
+    }
+    let bulk = |key: &'static str, count: u32| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.client
+                .post(app.url(&format!("/v1/campaigns/{id}/codes")))
+                .header("Idempotency-Key", key)
+                .json(&json!({ "count": count }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = bulk("print-1", 20).await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let printed: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(printed.len(), 20);
+    for code in &printed {
+        assert!(codes.insert(code.clone()), "{code} twice");
+    }
+    let c = app.campaign(&id).await;
+    assert_eq!(
+        (c["issued"].as_i64(), c["remaining"].as_i64()),
+        (Some(26), Some(4))
+    );
+    // The same key again: the same codes, nothing reserved.
+    let again = bulk("print-1", 20).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.text().await.unwrap(), text, "the same CSV");
+    assert_eq!(app.campaign(&id).await["issued"], 26);
+    // More than what remains: refused, nothing reserved.
+    assert_problem(bulk("print-2", 5).await, 409, "sold_out").await;
+    for (n, code) in printed.iter().enumerate() {
+        assert_eq!(redeem(&app, code, &format!("b-{n}")).await, 200, "{code}");
+        assert_eq!(redeem(&app, code, &format!("b-{n}-again")).await, 409);
+    }
+    let more = sell_out(&app, &id, 100).await;
+    assert_eq!(more.len(), 4, "the rest, by claims");
+    codes.extend(more);
+    assert_eq!(codes.len(), 30);
+    let audit: Value = app
+        .get(&format!("/v1/audit?campaign={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let details: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "campaign.codes")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(details.len(), 1, "{audit}");
+    assert!(details[0].starts_with("count=20 first="), "{details:?}");
     app.stop().await;
 }

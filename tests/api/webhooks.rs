@@ -610,3 +610,93 @@ async fn a_hanging_receiver_does_not_hold_up_other_campaigns() {
     fast.stop().await;
     slow.stop().await;
 }
+
+/// Claims with new phones until the campaign answers `sold_out`; the
+/// number issued. (A sharded campaign may answer `sold_out` to one claim
+/// while stock still moves to its shard: the loop goes on past the first.)
+async fn drain(app: &TestApp, campaign: &str, from: usize) -> usize {
+    let mut issued = 0;
+    let mut refused_in_a_row = 0;
+    for i in from..from + 200 {
+        match app
+            .claim(campaign, &phone(i), &format!("d{i}"))
+            .await
+            .status()
+            .as_u16()
+        {
+            201 => {
+                issued += 1;
+                refused_in_a_row = 0;
+            }
+            409 => {
+                refused_in_a_row += 1;
+                if refused_in_a_row == 5 {
+                    return issued;
+                }
+            }
+            s => panic!("claim answered {s}"),
+        }
+    }
+    panic!("never sold out");
+}
+
+/// A campaign with `stock_shards` 3 sends its stock webhooks from its
+/// shards' summed counters (`worker::shard_alerts`): `campaign.low_stock`
+/// once, `campaign.sold_out` once, and once more after a stock raise sold
+/// out again; checked by every instance's loop, written once. Runs on the
+/// cluster pass too (the shards on three masters).
+#[tokio::test]
+async fn a_sharded_campaign_sends_low_stock_once_and_sold_out_once_per_sell_out() {
+    let receiver = Receiver::start(0);
+    let app = spawn_app_with(webhook_settings).await;
+    let c = app
+        .create_campaign(json!({
+            "stock": 10, "stock_shards": 3,
+            "alerts": {"low_stock_percent": 20, "webhook_url": receiver.url()},
+        }))
+        .await;
+    assert_eq!(drain(&app, &c, 0).await, 10);
+    receiver
+        .wait_until("low_stock and sold_out", |r| r.len() >= 2)
+        .await;
+    // Four more checks of the loop: nothing is written again.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let got = accepted_once(&receiver);
+    let events: Vec<&str> = got.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(
+        events,
+        ["campaign.low_stock", "campaign.sold_out"],
+        "{got:#?}"
+    );
+    let low = got[0].json();
+    assert!(low["remaining"].as_i64().unwrap() <= 2, "{low}");
+    assert_eq!(got[1].json()["remaining"], 0);
+
+    let res = app
+        .client
+        .patch(app.url(&format!("/v1/campaigns/{c}")))
+        .json(&json!({"stock": 13}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(drain(&app, &c, 1_000).await, 3, "exactly the raise");
+    receiver
+        .wait_until("the second sold_out", |r| r.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let got = accepted_once(&receiver);
+    let events: Vec<&str> = got.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "campaign.low_stock",
+            "campaign.sold_out",
+            "campaign.sold_out"
+        ],
+        "low stock once per campaign, sold out once per sell-out"
+    );
+    assert_eq!(got[2].json()["stock"], 13);
+    app.stop().await;
+    receiver.stop().await;
+}

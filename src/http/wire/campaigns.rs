@@ -77,8 +77,10 @@ pub struct CreateCampaignRequest {
     /// one campaign's claims spread over the masters of a Redis Cluster. A
     /// claim goes to a shard by a hash of its phone (so `per_phone` stays
     /// exact; `per_device` and `per_ip` are counted per shard); stock moves
-    /// to a shard that runs dry. Fixed at create. Not with `alerts.webhook_url`;
-    /// no bulk codes and no `stock` PATCH on a sharded campaign.
+    /// to a shard that runs dry. Fixed at create. On a sharded campaign the
+    /// `stock` can be raised by PATCH, not lowered; bulk codes are reserved
+    /// in shard 0 (its unclaimed stock gathered there first); stock webhooks
+    /// come from the shards' summed counters, up to 0.5 s after the crossing.
     #[schema(minimum = 1, maximum = 64, default = 1)]
     pub stock_shards: Option<i64>,
 }
