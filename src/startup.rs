@@ -115,6 +115,16 @@ impl Services {
                     )));
                 }
             }
+            // WAITAOF waits for the next fsync: with `everysec` that is up
+            // to a second a claim batch (docs/scaling.md, measured).
+            if let Some(mode) = store.appendfsync().await
+                && mode != "always"
+            {
+                tracing::warn!(
+                    appendfsync = %mode,
+                    "redis_wait_aof with appendfsync other than always: each claim waits for the next fsync (up to 1 s); set appendfsync always"
+                );
+            }
             store.with_aof_wait(raw.redis_wait_replicas, raw.redis_wait_timeout_ms)
         } else {
             store.with_replica_wait(raw.redis_wait_replicas, raw.redis_wait_timeout_ms)

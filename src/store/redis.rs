@@ -225,6 +225,15 @@ impl Store {
         Ok(v.first().is_some_and(|v| !matches!(v, redis::Value::Nil)))
     }
 
+    /// The server's `appendfsync` (`CONFIG GET`; `None` where CONFIG is
+    /// refused, as on some managed services).
+    pub async fn appendfsync(&self) -> Option<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("appendfsync");
+        let v: Vec<String> = self.query(cmd).await.ok()?;
+        v.get(1).cloned()
+    }
+
     /// A handle on the connection (a clone: cheap).
     pub(super) fn conn(&self) -> Conn {
         self.conn.clone()

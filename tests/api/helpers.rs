@@ -27,6 +27,7 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     appendfsync: String,
+    bin: String,
 }
 
 impl RedisServer {
@@ -35,18 +36,25 @@ impl RedisServer {
     }
 
     pub fn start_with(appendfsync: &str) -> Self {
+        Self::start_bin("redis-server", appendfsync)
+    }
+
+    /// The same with another `redis-server` binary (the Redis 8 one of
+    /// `scripts/test`, for what Debian's 7.0 lacks).
+    pub fn start_bin(bin: &str, appendfsync: &str) -> Self {
         let mut s = Self {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             appendfsync: appendfsync.into(),
+            bin: bin.into(),
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
