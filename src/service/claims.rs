@@ -229,17 +229,30 @@ impl ClaimService {
         let mut reply = call(rules).await?;
         let mut campaign_dry = shard.is_none();
         if let Some(i) = shard {
-            for _ in 0..shards::MAX_REFILLS {
+            // Refilled until it issues, or the whole campaign is dry: a
+            // claim is never told `sold_out` while another shard has stock.
+            let until = std::time::Instant::now() + self.store.deadline();
+            let mut repairs = 0;
+            loop {
                 let more = match &reply.outcome {
                     Some((ClaimOutcome::SoldOut, false)) => {
                         shards::refill(&self.store, &info, i).await?
                     }
-                    Some((ClaimOutcome::NotFound, _)) => shards::repair(&self.store, &info).await?,
+                    Some((ClaimOutcome::NotFound, _)) if repairs < shards::MAX_REPAIRS => {
+                        repairs += 1;
+                        shards::repair(&self.store, &info).await?
+                    }
                     _ => break,
                 };
                 if !more {
                     campaign_dry = true;
                     break;
+                }
+                if std::time::Instant::now() >= until {
+                    // Others took each refill first for a whole deadline:
+                    // stock is still moving. Not charged; a retry may win.
+                    metrics::counter!("stampede_shard_refills_exhausted_total").increment(1);
+                    return Err(ApiError::Unavailable);
                 }
                 // Its rules were charged by the first call: not again.
                 reply.outcome = call(&[]).await?.outcome;

@@ -3,9 +3,11 @@
 //!
 //! A claim goes to its phone's shard. Answered `sold_out` there (and not a
 //! replay), it refills that shard from the others (one refill at a time per
-//! campaign on this instance) and tries again, up to [`MAX_REFILLS`] times;
-//! only a refill that finds every shard dry and nothing pending lets the
-//! answer be remembered as the campaign's (`service::soldout`). A claim
+//! campaign on this instance) and tries again, until it is issued or a
+//! refill finds every shard dry and nothing pending: only then is the
+//! answer `sold_out`, and remembered as the campaign's (`service::soldout`).
+//! A claim that loses every refill to others for a whole store deadline
+//! (stock still moving under contention) is answered 503, not charged. A claim
 //! under an `Idempotency-Key` has its refusal recorded, so its shard is
 //! refilled *before* its call when it looks dry. A shard that does not
 //! exist (a create that died before its shards were written) is created
@@ -15,8 +17,8 @@ use crate::error::ApiError;
 use crate::service::catalog::CampaignInfo;
 use crate::store::Store;
 
-/// The most refills one claim waits for before it answers `sold_out`.
-pub const MAX_REFILLS: usize = 4;
+/// The most times one claim re-creates its campaign's missing shards.
+pub const MAX_REPAIRS: usize = 2;
 
 /// Refills shard `shard` of `info` (one refill at a time per campaign on
 /// this instance); false when the whole campaign is dry.

@@ -58,6 +58,9 @@ fn read_all(dir: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_keeps_identities_private_restarts_redis_and_drains_on_sigterm() {
     crate::single_node_only!("the embedded default is single-node by design");
+    // The test's own HTTPS-capable client needs the process's provider (the
+    // service installs it too, but this test may run alone).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log_path = dir.path().join("stampede.log");
@@ -109,6 +112,7 @@ window = "1d"
     let wait_ready = |within: Duration| {
         let client = client.clone();
         let base = base.clone();
+        let log_path = log_path.clone();
         async move {
             let t = Instant::now();
             loop {
@@ -117,7 +121,20 @@ window = "1d"
                 {
                     return;
                 }
-                assert!(t.elapsed() < within, "not ready within {within:?}");
+                assert!(
+                    t.elapsed() < within,
+                    "not ready within {within:?}; the service's log ends:\n{}",
+                    std::fs::read_to_string(&log_path)
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .take(40)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
