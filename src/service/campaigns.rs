@@ -170,4 +170,9 @@ impl CampaignService {
     pub fn known_ids(&self) -> Vec<String> {
         self.catalog.known_ids()
     }
+
+    /// The known campaigns with `stock_shards` > 1 (no Redis read).
+    pub fn known_sharded_ids(&self) -> Vec<String> {
+        self.catalog.sharded_ids()
+    }
 }

@@ -121,6 +121,17 @@ impl Catalog {
         ids
     }
 
+    /// The ids of the known campaigns with more than one stock shard.
+    pub fn sharded_ids(&self) -> Vec<String> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, i)| i.shards > 1)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// The campaign `id`, from the cache or the store; `None` if it does not exist.
     pub async fn get(&self, id: &CampaignId) -> Result<Option<Arc<CampaignInfo>>, ApiError> {
         if let Some(i) = self

@@ -30,7 +30,7 @@ pub async fn run(services: Weak<Services>) {
 
 /// One check of every known sharded campaign with a webhook.
 pub async fn check(s: &Services) {
-    for id in s.campaigns.known_ids() {
+    for id in s.campaigns.known_sharded_ids() {
         let Ok(c) = s.campaigns.get(&id).await else {
             continue;
         };

@@ -223,7 +223,7 @@ fn waitaof_calls(redis: &RedisServer) -> u64 {
 }
 
 /// On a Redis with WAITAOF (the Redis 8 `redis-server` `scripts/test`
-/// installs, `STAMPEDE_TEST_REDIS8`): each claim batch waits for the
+/// installs, `TEST_REDIS8_SERVER`): each claim batch waits for the
 /// master's AOF fsync before it is acknowledged; when the fsync cannot be
 /// confirmed (AOF switched off under the service), claims are answered 503
 /// and taken back, so a 503 still means not charged; with the AOF back,
@@ -231,11 +231,11 @@ fn waitaof_calls(redis: &RedisServer) -> u64 {
 #[tokio::test]
 async fn waiting_for_the_aof_acknowledges_only_fsynced_claims_on_redis_8() {
     crate::single_node_only!("runs its own Redis 8 redis-server");
-    let Some(bin) = std::env::var("STAMPEDE_TEST_REDIS8")
+    let Some(bin) = std::env::var("TEST_REDIS8_SERVER")
         .ok()
         .filter(|b| !b.is_empty())
     else {
-        eprintln!("STAMPEDE_TEST_REDIS8 unset (scripts/test sets it): nothing to run against");
+        eprintln!("TEST_REDIS8_SERVER unset (scripts/test sets it): nothing to run against");
         return;
     };
     let redis = RedisServer::start_bin(&bin, "always");
