@@ -293,10 +293,18 @@ async fn a_failover_to_a_replica_is_followed_without_a_restart() {
     // Let the replica catch up (asynchronous replication: see docs/scaling.md):
     // a replica still in its first sync on a loaded machine would be promoted
     // without the campaign, which is the documented loss, not this test's.
+    // WAIT counts the writes of its own connection: one write here (in the
+    // campaign's slot) orders every earlier write of the service before it.
+    let mut master = cluster.node(owner);
+    let _: () = redis::cmd("SET")
+        .arg(format!("st:{{{id}}}:test-fence"))
+        .arg(1)
+        .query(&mut master)
+        .unwrap();
     let acked: i64 = redis::cmd("WAIT")
         .arg(1)
         .arg(20_000)
-        .query(&mut cluster.node(owner))
+        .query(&mut master)
         .unwrap();
     assert_eq!(acked, 1, "the replica has every write before the kill");
     cluster.kill(owner);
