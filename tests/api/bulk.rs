@@ -165,23 +165,11 @@ async fn bulk_codes_count_against_stock_and_each_redeems_once() {
         .await
         .unwrap();
     assert_eq!(stats["redemptions"]["by_channel"]["bulk"], 50, "{stats}");
-    let audit: Value = app
-        .get(&format!("/v1/audit?campaign={id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let details: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "campaign.codes")
-        .map(|e| e["detail"].as_str().unwrap())
-        .collect();
+    let details = audit_details(&app, &id, "campaign.codes").await;
     assert_eq!(
         details,
         ["count=97 first=1004", "count=1000 first=3"],
-        "{audit}"
+        "{details:?}"
     );
     app.stop().await;
 }

@@ -3,10 +3,9 @@
 
 use std::collections::HashSet;
 
-use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::cluster_support::RedisCluster;
+use crate::cluster_support::{RedisCluster, Sale, assert_every_acknowledged_code_redeems};
 use crate::helpers::*;
 
 /// Claims one coupon that must be issued; its code.
@@ -34,15 +33,7 @@ async fn racing_claims_issue_exactly_the_stock_and_every_code_redeems() {
         .create_campaign(json!({"stock": 60, "limits": {"per_phone": 1},
             "coupon": {"kind": "amount_off", "amount_off": 100}}))
         .await;
-    let answers = join_all((0..200).map(|i| {
-        let (app, id) = (&app, id.clone());
-        async move {
-            let res = app.claim(&id, &phone(i % 80), &format!("dev-{i}")).await;
-            let status = res.status().as_u16();
-            (i % 80, status, res.json::<Value>().await.unwrap())
-        }
-    }))
-    .await;
+    let answers = race_claims(&app, &id, 200, 80).await;
     let codes = assert_exact_issue(&answers, 60);
     let c = app.campaign(&id).await;
     assert_eq!(
@@ -181,38 +172,7 @@ async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
         )
         .await;
     let owner = cluster.owner_of(&format!("st:{{{id}}}:meta"));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|w| {
-            let (client, url, stop) = (
-                app.client.clone(),
-                app.url(&format!("/v1/campaigns/{id}/claims")),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let (mut acked, mut unavailable, mut n) = (Vec::new(), 0, 0);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    n += 1;
-                    let body =
-                        json!({"phone": phone(w * 100_000 + n), "device_id": format!("k{w}-{n}")});
-                    let Ok(res) = client.post(&url).json(&body).send().await else {
-                        continue;
-                    };
-                    match res.status().as_u16() {
-                        201 => acked.push(
-                            res.json::<Value>().await.unwrap()["code"]
-                                .as_str()
-                                .unwrap()
-                                .to_owned(),
-                        ),
-                        503 => unavailable += 1,
-                        s => panic!("unexpected {s}: {}", res.text().await.unwrap()),
-                    }
-                }
-                (acked, unavailable)
-            })
-        })
-        .collect();
+    let sale = Sale::start(&app, &id);
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     cluster.kill(owner);
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
@@ -230,45 +190,14 @@ async fn a_master_killed_mid_sale_and_restarted_loses_no_acknowledged_claim() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked = Vec::new();
-    let mut unavailable = 0;
-    for c in clients {
-        let (a, u) = c.await.unwrap();
-        acked.extend(a);
-        unavailable += u;
-    }
-    assert!(
-        acked.len() > 20,
-        "the sale ran: {} acknowledged",
-        acked.len()
-    );
-    assert!(
-        unavailable > 0,
-        "the kill was felt (503s while the master was down)"
-    );
+    let (acked, _) = sale.finish().await;
     let issued = app.campaign(&id).await["issued"].as_u64().unwrap();
     assert!(
         issued as usize > acked.len(),
         "issued {issued} < acknowledged {}",
         acked.len()
     );
-    let unique: HashSet<&String> = acked.iter().collect();
-    assert_eq!(unique.len(), acked.len(), "no code twice");
-    for (n, code) in acked.iter().enumerate() {
-        let res = app
-            .post(
-                "/v1/redemptions",
-                &json!({"code": code, "order_id": format!("r-{n}")}),
-            )
-            .await;
-        assert_eq!(
-            res.status(),
-            200,
-            "acknowledged code {code} lost: {}",
-            res.text().await.unwrap()
-        );
-    }
+    assert_every_acknowledged_code_redeems(&app, &acked).await;
     app.stop().await;
 }
 

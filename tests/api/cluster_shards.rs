@@ -2,15 +2,13 @@
 //! campaign's load spread over the masters, and a master killed mid-sale.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use serde_json::{Value, json};
+use serde_json::json;
 use stampede::store::keys::CampaignKeys;
 
-use crate::cluster_support::RedisCluster;
+use crate::cluster_support::{RedisCluster, Sale, assert_every_acknowledged_code_redeems};
 use crate::helpers::*;
 
 async fn spawn_on(cluster: &RedisCluster) -> TestApp {
@@ -75,38 +73,7 @@ async fn a_shards_master_killed_mid_sale_and_restarted_loses_no_acknowledged_cla
             "coupon": {"kind": "amount_off", "amount_off": 100}}))
         .await;
     let victim = cluster.owner_of(&CampaignKeys::shard(&id, 1, 3).meta());
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|w| {
-            let (client, url, stop) = (
-                app.client.clone(),
-                app.url(&format!("/v1/campaigns/{id}/claims")),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let (mut acked, mut unavailable, mut n) = (Vec::new(), 0, 0);
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let body =
-                        json!({"phone": phone(w * 100_000 + n), "device_id": format!("k{w}-{n}")});
-                    let Ok(res) = client.post(&url).json(&body).send().await else {
-                        continue;
-                    };
-                    match res.status().as_u16() {
-                        201 => acked.push(
-                            res.json::<Value>().await.unwrap()["code"]
-                                .as_str()
-                                .unwrap()
-                                .to_owned(),
-                        ),
-                        503 => unavailable += 1,
-                        s => panic!("unexpected {s}: {}", res.text().await.unwrap()),
-                    }
-                }
-                (acked, unavailable)
-            })
-        })
-        .collect();
+    let sale = Sale::start(&app, &id);
     tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.kill(victim);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -125,38 +92,8 @@ async fn a_shards_master_killed_mid_sale_and_restarted_loses_no_acknowledged_cla
         }
         assert!(Instant::now() < deadline, "claims never recovered");
     }
-    stop.store(true, Ordering::Relaxed);
-    let (mut acked, mut unavailable) = (Vec::new(), 0);
-    for c in clients {
-        let (a, u) = c.await.unwrap();
-        acked.extend(a);
-        unavailable += u;
-    }
-    assert!(
-        acked.len() > 20,
-        "the sale ran: {} acknowledged",
-        acked.len()
-    );
-    assert!(
-        unavailable > 0,
-        "the kill was felt (503s while the master was down)"
-    );
-    let unique: HashSet<&String> = acked.iter().collect();
-    assert_eq!(unique.len(), acked.len(), "no code twice");
-    for (n, code) in acked.iter().enumerate() {
-        let res = app
-            .post(
-                "/v1/redemptions",
-                &json!({"code": code, "order_id": format!("r-{n}")}),
-            )
-            .await;
-        assert_eq!(
-            res.status(),
-            200,
-            "acknowledged code {code} lost: {}",
-            res.text().await.unwrap()
-        );
-    }
+    let (acked, _) = sale.finish().await;
+    assert_every_acknowledged_code_redeems(&app, &acked).await;
     let issued = app.campaign(&id).await["issued"].as_u64().unwrap();
     assert!(
         issued as usize >= acked.len() + 12,

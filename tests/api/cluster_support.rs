@@ -241,3 +241,94 @@ impl RedisCluster {
             .collect()
     }
 }
+
+/// Eight clients claiming on one campaign with a new phone each time, until
+/// [`Sale::finish`]: what a master is killed under.
+pub struct Sale {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(Vec<String>, usize)>>,
+}
+
+impl Sale {
+    pub fn start(app: &crate::helpers::TestApp, id: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..8)
+            .map(|w| {
+                let (client, url, stop) = (
+                    app.client.clone(),
+                    app.url(&format!("/v1/campaigns/{id}/claims")),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    let (mut acked, mut unavailable, mut n) = (Vec::new(), 0, 0);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        n += 1;
+                        let body = serde_json::json!({
+                            "phone": crate::helpers::phone(w * 100_000 + n),
+                            "device_id": format!("k{w}-{n}"),
+                        });
+                        let Ok(res) = client.post(&url).json(&body).send().await else {
+                            continue;
+                        };
+                        match res.status().as_u16() {
+                            201 => acked.push(
+                                res.json::<serde_json::Value>().await.unwrap()["code"]
+                                    .as_str()
+                                    .unwrap()
+                                    .to_owned(),
+                            ),
+                            503 => unavailable += 1,
+                            s => panic!("unexpected {s}: {}", res.text().await.unwrap()),
+                        }
+                    }
+                    (acked, unavailable)
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stops the clients; the codes answered 201 and the count of 503s.
+    pub async fn finish(self) -> (Vec<String>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut acked, mut unavailable) = (Vec::new(), 0);
+        for c in self.clients {
+            let (a, u) = c.await.unwrap();
+            acked.extend(a);
+            unavailable += u;
+        }
+        assert!(
+            acked.len() > 20,
+            "the sale ran: {} acknowledged",
+            acked.len()
+        );
+        assert!(
+            unavailable > 0,
+            "the kill was felt (503s while the master was down)"
+        );
+        (acked, unavailable)
+    }
+}
+
+/// Every acknowledged code is unique and still redeems.
+pub async fn assert_every_acknowledged_code_redeems(
+    app: &crate::helpers::TestApp,
+    acked: &[String],
+) {
+    let unique: std::collections::HashSet<&String> = acked.iter().collect();
+    assert_eq!(unique.len(), acked.len(), "no code twice");
+    for (n, code) in acked.iter().enumerate() {
+        let res = app
+            .post(
+                "/v1/redemptions",
+                &serde_json::json!({"code": code, "order_id": format!("r-{n}")}),
+            )
+            .await;
+        assert_eq!(
+            res.status(),
+            200,
+            "acknowledged code {code} lost: {}",
+            res.text().await.unwrap()
+        );
+    }
+}

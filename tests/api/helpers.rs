@@ -456,3 +456,69 @@ pub fn assert_exact_issue(answers: &[(usize, u16, Value)], stock: usize) -> Vec<
     }
     codes.into_iter().map(str::to_owned).collect()
 }
+
+/// Claims with a new phone each time (from `from` on) until the campaign
+/// answers `sold_out` five times in a row; the codes issued, each once.
+pub async fn claim_until_sold_out(
+    app: &TestApp,
+    id: &str,
+    from: usize,
+) -> std::collections::HashSet<String> {
+    let mut codes = std::collections::HashSet::new();
+    let mut refused = 0;
+    for n in from..from + 300 {
+        let res = app.claim(id, &phone(n), &format!("d{n}")).await;
+        match res.status().as_u16() {
+            201 => {
+                refused = 0;
+                let code = res.json::<Value>().await.unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(codes.insert(code), "a code twice");
+            }
+            409 => {
+                refused += 1;
+                if refused == 5 {
+                    return codes;
+                }
+            }
+            s => panic!("{s}: {}", res.text().await.unwrap()),
+        }
+    }
+    panic!("never sold out");
+}
+
+/// The `detail` of each `action` entry of a campaign's audit trail, newest first.
+pub async fn audit_details(app: &TestApp, id: &str, action: &str) -> Vec<String> {
+    let audit: Value = app
+        .get(&format!("/v1/audit?campaign={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .map(|e| e["detail"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `claims` claims at once by `phones` phones (claim `i` by phone
+/// `i % phones`, each on its own device): (phone, status, body) each, for
+/// [`assert_exact_issue`].
+pub async fn race_claims(
+    app: &TestApp,
+    id: &str,
+    claims: usize,
+    phones: usize,
+) -> Vec<(usize, u16, Value)> {
+    futures_util::future::join_all((0..claims).map(|i| async move {
+        let res = app.claim(id, &phone(i % phones), &format!("dev-{i}")).await;
+        let status = res.status().as_u16();
+        (i % phones, status, res.json::<Value>().await.unwrap())
+    }))
+    .await
+}

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 
-use futures_util::future::join_all;
 use serde_json::{Value, json};
 use stampede::store::keys::CampaignKeys;
 
@@ -62,15 +61,7 @@ async fn racing_claims_on_three_shards_issue_exactly_the_stock_and_every_code_re
         (c["stock_shards"].as_u64(), c["remaining"].as_i64()),
         (Some(3), Some(60))
     );
-    let answers = join_all((0..200).map(|i| {
-        let (app, id) = (&app, id.clone());
-        async move {
-            let res = app.claim(&id, &phone(i % 80), &format!("dev-{i}")).await;
-            let status = res.status().as_u16();
-            (i % 80, status, res.json::<Value>().await.unwrap())
-        }
-    }))
-    .await;
+    let answers = race_claims(&app, &id, 200, 80).await;
     // Every phone gets a last try. `sold_out` means the whole campaign was
     // dry (a dry shard is refilled first), so once a racing claim was told
     // `sold_out`, no later claim is issued.
@@ -364,34 +355,6 @@ async fn lifecycle_changes_reach_every_shard_and_unsupported_options_are_refused
     app.stop().await;
 }
 
-/// Sells out every shard; the codes issued (a claim answered `sold_out`
-/// while stock still moves may be followed by more: 5 refusals in a row end it).
-async fn sell_out(app: &TestApp, id: &str, from: usize) -> HashSet<String> {
-    let mut codes = HashSet::new();
-    let mut refused = 0;
-    for n in from..from + 300 {
-        let res = app.claim(id, &phone(n), &format!("d{n}")).await;
-        match res.status().as_u16() {
-            201 => {
-                refused = 0;
-                let code = res.json::<Value>().await.unwrap()["code"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned();
-                assert!(codes.insert(code), "a code twice");
-            }
-            409 => {
-                refused += 1;
-                if refused == 5 {
-                    return codes;
-                }
-            }
-            s => panic!("{s}: {}", res.text().await.unwrap()),
-        }
-    }
-    panic!("never sold out");
-}
-
 /// A stock raise on a sold-out sharded campaign whose give to one shard
 /// fails half-way (that shard's `xin` made unusable): the PATCH is made
 /// and answered with an error, the raise stays pending on the record, the
@@ -402,7 +365,7 @@ async fn a_stock_raise_cut_half_way_is_given_once_and_nothing_is_over_issued() {
     let id = app
         .create_campaign(json!({"stock": 6, "stock_shards": 3, "coupon": coupon()}))
         .await;
-    let mut codes = sell_out(&app, &id, 0).await;
+    let mut codes = claim_until_sold_out(&app, &id, 0).await;
     assert_eq!(codes.len(), 6);
     assert_eq!(app.campaign(&id).await["status"], "sold_out");
     // Shard 1's give will fail: its `xin` holds a string.
@@ -436,7 +399,7 @@ async fn a_stock_raise_cut_half_way_is_given_once_and_nothing_is_over_issued() {
         .arg(&xin)
         .query(&mut node_of(&app, &node))
         .unwrap();
-    let more = sell_out(&app, &id, 1_000).await;
+    let more = claim_until_sold_out(&app, &id, 1_000).await;
     assert_eq!(more.len(), 6, "exactly the raise");
     codes.extend(more);
     assert_eq!(codes.len(), 12, "no code twice");
@@ -512,24 +475,12 @@ async fn bulk_codes_of_a_sharded_campaign_come_from_one_shard_and_issue_exactly_
         assert_eq!(redeem(&app, code, &format!("b-{n}")).await, 200, "{code}");
         assert_eq!(redeem(&app, code, &format!("b-{n}-again")).await, 409);
     }
-    let more = sell_out(&app, &id, 100).await;
+    let more = claim_until_sold_out(&app, &id, 100).await;
     assert_eq!(more.len(), 4, "the rest, by claims");
     codes.extend(more);
     assert_eq!(codes.len(), 30);
-    let audit: Value = app
-        .get(&format!("/v1/audit?campaign={id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let details: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "campaign.codes")
-        .map(|e| e["detail"].as_str().unwrap())
-        .collect();
-    assert_eq!(details.len(), 1, "{audit}");
+    let details = audit_details(&app, &id, "campaign.codes").await;
+    assert_eq!(details.len(), 1, "{details:?}");
     assert!(details[0].starts_with("count=20 first="), "{details:?}");
     app.stop().await;
 }

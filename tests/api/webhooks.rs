@@ -611,35 +611,6 @@ async fn a_hanging_receiver_does_not_hold_up_other_campaigns() {
     slow.stop().await;
 }
 
-/// Claims with new phones until the campaign answers `sold_out`; the
-/// number issued. (A sharded campaign may answer `sold_out` to one claim
-/// while stock still moves to its shard: the loop goes on past the first.)
-async fn drain(app: &TestApp, campaign: &str, from: usize) -> usize {
-    let mut issued = 0;
-    let mut refused_in_a_row = 0;
-    for i in from..from + 200 {
-        match app
-            .claim(campaign, &phone(i), &format!("d{i}"))
-            .await
-            .status()
-            .as_u16()
-        {
-            201 => {
-                issued += 1;
-                refused_in_a_row = 0;
-            }
-            409 => {
-                refused_in_a_row += 1;
-                if refused_in_a_row == 5 {
-                    return issued;
-                }
-            }
-            s => panic!("claim answered {s}"),
-        }
-    }
-    panic!("never sold out");
-}
-
 /// A campaign with `stock_shards` 3 sends its stock webhooks from its
 /// shards' summed counters (`worker::shard_alerts`): `campaign.low_stock`
 /// once, `campaign.sold_out` once, and once more after a stock raise sold
@@ -655,7 +626,7 @@ async fn a_sharded_campaign_sends_low_stock_once_and_sold_out_once_per_sell_out(
             "alerts": {"low_stock_percent": 20, "webhook_url": receiver.url()},
         }))
         .await;
-    assert_eq!(drain(&app, &c, 0).await, 10);
+    assert_eq!(claim_until_sold_out(&app, &c, 0).await.len(), 10);
     receiver
         .wait_until("low_stock and sold_out", |r| r.len() >= 2)
         .await;
@@ -680,7 +651,11 @@ async fn a_sharded_campaign_sends_low_stock_once_and_sold_out_once_per_sell_out(
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
-    assert_eq!(drain(&app, &c, 1_000).await, 3, "exactly the raise");
+    assert_eq!(
+        claim_until_sold_out(&app, &c, 1_000).await.len(),
+        3,
+        "exactly the raise"
+    );
     receiver
         .wait_until("the second sold_out", |r| r.len() >= 3)
         .await;
