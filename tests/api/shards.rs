@@ -484,3 +484,43 @@ async fn bulk_codes_of_a_sharded_campaign_come_from_one_shard_and_issue_exactly_
     assert!(details[0].starts_with("count=20 first="), "{details:?}");
     app.stop().await;
 }
+
+/// Two instances on one Redis, racing on one sharded campaign: each refills
+/// dry shards on its own (its own refill lock), so transfers of both
+/// interleave. Still exactly the stock, no code and no phone twice, and the
+/// shards' stock adds up to the campaign's (no transfer doubled or lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_refilling_at_once_issue_exactly_the_stock() {
+    crate::single_node_only!("two instances share one Redis by hand");
+    let a = spawn_app().await;
+    let b = spawn_with_settings(test_settings(Some(a.redis().url()))).await;
+    let id = a
+        .create_campaign(
+            json!({"stock": 90, "stock_shards": 3, "limits": {"per_phone": 1},
+            "coupon": coupon()}),
+        )
+        .await;
+    let answers = futures_util::future::join_all((0..360).map(|i| {
+        let (app, id) = (if i % 2 == 0 { &a } else { &b }, id.clone());
+        async move {
+            let res = app.claim(&id, &phone(i % 150), &format!("dev-{i}")).await;
+            let status = res.status().as_u16();
+            (i % 150, status, res.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let codes = assert_exact_issue(&answers, 90);
+    assert_eq!(codes.len(), 90);
+    let per_shard: Vec<_> = (0..3).map(|i| shard_counts(&a, &id, i, 3)).collect();
+    assert_eq!(
+        per_shard.iter().map(|s| s.0).sum::<i64>(),
+        90,
+        "no stock created or lost by transfers: {per_shard:?}"
+    );
+    assert_eq!(per_shard.iter().map(|s| s.1).sum::<i64>(), 90);
+    for app in [&a, &b] {
+        assert_eq!(app.campaign(&id).await["status"], "sold_out");
+    }
+    b.stop().await;
+    a.stop().await;
+}
