@@ -95,57 +95,63 @@ impl LazyCluster {
 }
 
 impl Conn {
-    /// `WAIT replicas timeout` on the node that holds `key` (the same
-    /// connection that wrote there, so it waits for those writes): how
-    /// many replicas have them.
+    /// `WAIT replicas timeout` on the master of `fence`'s slot, right after
+    /// a write to `fence` on the same connection ([`Conn::fenced`]): how
+    /// many replicas have every write made there before it.
     pub async fn wait_replicas(
         &self,
-        key: &str,
+        fence: &str,
         replicas: u32,
         timeout_ms: u64,
     ) -> redis::RedisResult<i64> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(timeout_ms);
-        self.on_master_of(key, cmd).await
+        redis::from_redis_value(self.fenced(fence, cmd).await?).map_err(Into::into)
     }
 
-    /// `WAITAOF 1 replicas timeout` on the node that holds `key` (Redis
-    /// 7.2+): how many replicas have fsynced its writes to their AOF, or
-    /// -1 when the master itself has not (no AOF, or not in time).
+    /// `WAITAOF 1 replicas timeout` the same way (Redis 7.2+): how many
+    /// replicas have fsynced to their AOF every write made there before the
+    /// fence, or -1 when the master itself has not (no AOF, or not in time).
     pub async fn wait_aof(
         &self,
-        key: &str,
+        fence: &str,
         replicas: u32,
         timeout_ms: u64,
     ) -> redis::RedisResult<i64> {
         let mut cmd = redis::cmd("WAITAOF");
         cmd.arg(1).arg(replicas).arg(timeout_ms);
-        let (local, remote): (i64, i64) = self.on_master_of(key, cmd).await?;
+        let (local, remote): (i64, i64) = redis::from_redis_value(self.fenced(fence, cmd).await?)?;
         Ok(if local >= 1 { remote } else { -1 })
     }
 
-    /// Runs `cmd` on the master of `key`'s slot (the node itself, on a
-    /// single node).
-    async fn on_master_of<T: redis::FromRedisValue>(
-        &self,
-        key: &str,
-        cmd: redis::Cmd,
-    ) -> redis::RedisResult<T> {
+    /// `SET fence 1` then `wait`, as one pipeline on one connection to the
+    /// master of `fence`'s slot (the node itself, on a single node); the
+    /// reply of `wait`.
+    ///
+    /// `WAIT` and `WAITAOF` count the writes of their own connection. The
+    /// writes to confirm (a claim batch, a stock take) were made by an
+    /// earlier call, maybe on a connection that has since been re-made; the
+    /// fence is a write of this connection that Redis applies after them,
+    /// so confirming it confirms them. Were the connection lost between the
+    /// two commands, the pipeline fails: nothing is confirmed by mistake.
+    async fn fenced(&self, fence: &str, wait: redis::Cmd) -> redis::RedisResult<Value> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(fence).arg(1).ignore().add_command(wait);
         match self {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Single(c) => {
+                let (v,): (Value,) = pipe.query_async(&mut c.clone()).await?;
+                Ok(v)
+            }
             Conn::Cluster(lazy) => {
-                use redis::cluster_routing::{
-                    Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
-                };
-                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
+                let route = Route::with_slot(Slot::for_key(fence), SlotAddr::Master);
                 let mut c = lazy.get().await?;
-                let v = c
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
+                let mut v = c
+                    .route_pipeline(pipe, 1, 1, SingleNodeRoutingInfo::SpecificNode(route))
                     .await?;
-                redis::from_redis_value(v).map_err(Into::into)
+                v.pop().ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Parse, "no reply to the wait"))
+                })
             }
         }
     }

@@ -19,6 +19,7 @@
 //! | `st:{c#i.s}:xout` | hash | transfer id -> `<receiver>|<units>`: stock taken out of shard `i`, not yet confirmed applied |
 //! | `st:{c#i.s}:xin` | set | ids of the transfers shard `i` has received (a retried give adds nothing) |
 //! | `st:{c}:xout` | hash | transfer id -> `<shard>|<units>`: a stock raise of a sharded campaign (`patch_campaign.lua`), not yet confirmed given to its shard |
+//! | `st:{c}:fence` | string | `1`: written right before each `WAIT` / `WAITAOF` of the durability settings, on the same connection ([`fence_of`]) |
 //! | `st:{c}:batches` | zset | bulk code reservations: first serial -> `first|count|created_ms|expires_ms` |
 //! | `st:{k:<digest>}` | string | an `Idempotency-Key` claimed by one request of one caller (any campaign) |
 //! | `st:{webhooks}` | set | ids of campaigns with a webhook (the outbox worker's list) |
@@ -181,6 +182,17 @@ pub fn slot(tag: &str) -> u16 {
     crc % 16_384
 }
 
+/// The fence key next to a campaign's (or shard's) `meta` key: written just
+/// before a `WAIT` / `WAITAOF` on the same connection, so the wait covers
+/// every earlier write to that slot (`store::conn`).
+pub fn fence_of(meta: &str) -> String {
+    let base = meta.strip_suffix("meta").unwrap_or(meta);
+    let mut k = String::with_capacity(base.len() + 5);
+    k.push_str(base);
+    k.push_str("fence");
+    k
+}
+
 /// The hash tag of shard `i` of `n` (see [`CampaignKeys::shard`]).
 pub fn shard_tag(id: &str, i: u32, n: u32) -> String {
     let n = n.max(1);
@@ -315,6 +327,7 @@ mod tests {
             k.transfers_out(),
             k.transfers_in(),
             k.stats(),
+            fence_of(&k.meta()),
         ] {
             assert_eq!(hash_tag(&key), tag, "{key}");
             assert_eq!(CampaignKeys::campaign_of(&key), Some("sale"));

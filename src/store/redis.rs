@@ -201,16 +201,19 @@ impl Store {
         self
     }
 
-    /// Waits after a write on `key`'s master as the durability setting says
-    /// (`WAIT` or `WAITAOF`): true when it was confirmed as asked.
-    pub(super) async fn wait_durable(&self, conn: &Conn, key: &str) -> Result<bool> {
+    /// Waits after writes to the campaign (or shard) whose meta key is
+    /// `meta`, as the durability setting says (`WAIT` or `WAITAOF`, after a
+    /// write to its fence key: [`Conn::wait_replicas`]): true when it was
+    /// confirmed as asked.
+    pub(super) async fn wait_durable(&self, conn: &Conn, meta: &str) -> Result<bool> {
         let Some((replicas, timeout_ms)) = self.wait else {
             return Ok(true);
         };
+        let fence = crate::store::keys::fence_of(meta);
         let got = if self.wait_aof {
-            conn.wait_aof(key, replicas, timeout_ms).await
+            conn.wait_aof(&fence, replicas, timeout_ms).await
         } else {
-            conn.wait_replicas(key, replicas, timeout_ms).await
+            conn.wait_replicas(&fence, replicas, timeout_ms).await
         };
         let got = got.map_err(StoreError::classify)?;
         Ok(got >= i64::from(replicas))

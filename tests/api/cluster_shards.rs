@@ -102,3 +102,39 @@ async fn a_shards_master_killed_mid_sale_and_restarted_loses_no_acknowledged_cla
     );
     app.stop().await;
 }
+
+/// `redis_wait_replicas = 1` on a cluster with a replica per master: every
+/// claim batch and stock transfer of a 3-shard campaign waits on its own
+/// shard's master (a fence write and `WAIT`, one pipeline routed to that
+/// master), so all three masters answer `WAIT`s, and the whole stock is
+/// issued, each code once.
+#[tokio::test]
+async fn claims_on_three_shards_wait_for_a_replica_on_each_master() {
+    crate::single_node_only!("starts its own cluster (it runs in the first pass)");
+    let cluster = RedisCluster::start_with(3, 1, "everysec");
+    let mut s = test_settings(Some(cluster.url()));
+    s.redis_wait_replicas = 1;
+    // Generous, so a loaded CI machine does not turn a slow ack into a 503
+    // (that path is tested in replication.rs).
+    s.store_deadline_ms = 5_000;
+    s.redis_wait_timeout_ms = 2_000;
+    let app = spawn_with_settings(s).await;
+    let id = app
+        .create_campaign(json!({"stock": 30, "stock_shards": 3,
+            "coupon": {"kind": "amount_off", "amount_off": 100}}))
+        .await;
+    let codes = claim_until_sold_out(&app, &id, 0).await;
+    assert_eq!(codes.len(), 30);
+    let waits = cluster.command_calls(&["wait"]);
+    let masters: HashSet<usize> = (0..3)
+        .map(|i| cluster.owner_of(&CampaignKeys::shard(&id, i, 3).meta()))
+        .collect();
+    assert_eq!(masters.len(), 3, "one shard a master");
+    for m in &masters {
+        assert!(
+            waits[*m] > 0,
+            "master {m} waited for its replica: {waits:?}"
+        );
+    }
+    app.stop().await;
+}

@@ -222,6 +222,11 @@ impl RedisCluster {
 
     /// EVALSHA + EVAL calls each master has run.
     pub fn script_calls(&self) -> Vec<u64> {
+        self.command_calls(&["evalsha", "eval"])
+    }
+
+    /// Each node's calls of the commands `names` (`INFO commandstats`).
+    pub fn command_calls(&self, names: &[&str]) -> Vec<u64> {
         (0..self.ports.len())
             .map(|i| {
                 let info: String = redis::cmd("INFO")
@@ -229,7 +234,11 @@ impl RedisCluster {
                     .query(&mut self.node(i))
                     .unwrap();
                 info.lines()
-                    .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+                    .filter(|l| {
+                        names
+                            .iter()
+                            .any(|n| l.starts_with(&format!("cmdstat_{n}:")))
+                    })
                     .filter_map(|l| {
                         l.split("calls=")
                             .nth(1)
