@@ -55,6 +55,8 @@ pub enum ManagedError {
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a start waits for another process to let go of the data dir.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 fn signal(pid: i32, sig: libc::c_int) {
     if pid > 0 {
@@ -77,8 +79,15 @@ impl ManagedRedis {
             .map_err(|e| ManagedError::DataDir(dir.clone(), e))?;
         let lock = File::create(dir.join("stampede.lock"))
             .map_err(|e| ManagedError::DataDir(dir.clone(), e))?;
-        if lock.try_lock().is_err() {
-            return Err(ManagedError::Locked(dir));
+        // A service restarted at once may find its predecessor still
+        // flushing the AOF on its way out: wait a little for the lock.
+        let mut waited = Duration::ZERO;
+        while lock.try_lock().is_err() {
+            if waited >= LOCK_WAIT {
+                return Err(ManagedError::Locked(dir));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
         }
         let socket = dir.join("redis.sock");
         let child = spawn(&cfg, &dir, &socket)?;
