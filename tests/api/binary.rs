@@ -26,6 +26,19 @@ const SECRETS: [&str; 6] = [
     "51.100.23",
 ];
 
+/// SIGKILLs a process when dropped (a panicking test must not leave its
+/// service running; once it exited by itself, this does nothing).
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn redis_child(pid: u32) -> Option<i32> {
     let out = Command::new("pgrep")
         .args(["-P", &pid.to_string(), "redis-server"])
@@ -107,6 +120,8 @@ window = "1d"
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    // Whatever happens below, the service does not outlive the test.
+    let _reaper = Reaper(child.id());
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let wait_ready = |within: Duration| {
