@@ -36,6 +36,9 @@ ARGV
   +5  fingerprint      hash of the request the idempotency key first came with
   +6  idem_ttl_s       how long a client record lives
   +7  idem_mode        'c' client Idempotency-Key (rejections recorded too) | 's' server id
+                       | 'k' client key on a stock shard: as 'c', but a `sold_out` is
+                       not recorded (the service refills the shard and tries again;
+                       it records `sold_out` itself once the whole campaign is dry)
   +8  rollout_bucket   0..99, a stable hash of the phone pseudonym (staged rollouts)
   +9  channel          the claim's channel ('' for none; recorded with the claim)
   +10 deadline_ms      wall-clock ms (Redis TIME) after which nothing may be charged:
@@ -142,7 +145,7 @@ local rejected, per_minute = {}, {}
 local rids, rid_order, rid_bad, rid_new = {}, {}, {}, {}
 for i = 1, n do
   local K, A = ks[i], as[i]
-  if ARGV[A + 6] ~= 'c' then
+  if ARGV[A + 6] == 's' then
     local key = KEYS[K + 3]
     local fields = rids[key]
     if not fields then
@@ -173,7 +176,7 @@ local function reject(client, idem, fp, ttl, a, b, c)
   local out = {a}
   if b then out[2] = b end
   if c then out[3] = c end
-  if client then
+  if client and not (client == 'k' and a == 'sold_out') then
     redis.call('SET', idem, fp .. '|' .. table.concat(out, '|'), 'EX', ttl)
   end
   out[#out + 1] = '0'
@@ -186,7 +189,8 @@ local function claim(K, A, rule_out)
   if not (now and ttl and bucket) or ttl < 1 or #ARGV[A + 4] == 0 then
     return {'error', 'claim.lua: bad arguments'}
   end
-  local client = ARGV[A + 6] == 'c'
+  local mode = ARGV[A + 6]
+  local client = (mode == 'c' or mode == 'k') and mode
   local phone, device, ip = ARGV[A + 1], ARGV[A + 2], ARGV[A + 3]
   local idem, fp = KEYS[K + 3], ARGV[A + 4]
 

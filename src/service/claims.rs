@@ -204,12 +204,11 @@ impl ClaimService {
                 info.channels.join(", ")
             ))));
         }
-        let idem = self.idem.record(ctx, fingerprint);
-        // A sharded campaign: the phone's shard (`service::shards`).
+        let mut idem = self.idem.record(ctx, fingerprint);
+        // A sharded campaign: the phone's shard (`service::shards`); a
+        // dry shard's `sold_out` is not final, so not recorded under a key.
         let (keys, shard) = info.route(&who.phone);
-        if let (Some(i), true) = (shard, idem.keep_rejections) {
-            shards::refill_if_dry(&self.store, &info, i).await?;
-        }
+        idem.shard_retries_sold_out = shard.is_some();
         let call = |rules| {
             self.store.claim(
                 &keys,
@@ -257,6 +256,12 @@ impl ClaimService {
                 // Its rules were charged by the first call: not again.
                 reply.outcome = call(&[]).await?.outcome;
             }
+        }
+        if let (Some(_), Some((ClaimOutcome::SoldOut, false)), true) =
+            (shard, &reply.outcome, idem.keep_rejections)
+        {
+            // The whole campaign is dry: now the key's answer.
+            self.store.record_sold_out(&keys, &idem).await?;
         }
         let Some((outcome, replayed)) = reply.outcome else {
             return Ok(Checked {

@@ -66,12 +66,14 @@ impl Idempotency {
                 fingerprint,
                 ttl_secs: self.ttls.client_secs,
                 keep_rejections: true,
+                shard_retries_sold_out: false,
             },
             None => Idem {
                 digest: self.digest(&[b"server", ctx.request_id.as_bytes()]),
                 fingerprint,
                 ttl_secs: self.ttls.server_secs,
                 keep_rejections: false,
+                shard_retries_sold_out: false,
             },
         }
     }

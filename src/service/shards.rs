@@ -7,9 +7,10 @@
 //! refill finds every shard dry and nothing pending: only then is the
 //! answer `sold_out`, and remembered as the campaign's (`service::soldout`).
 //! A claim that loses every refill to others for a whole store deadline
-//! (stock still moving under contention) is answered 503, not charged. A claim
-//! under an `Idempotency-Key` has its refusal recorded, so its shard is
-//! refilled *before* its call when it looks dry. A shard that does not
+//! (stock still moving under contention) is answered 503, not charged. Under
+//! an `Idempotency-Key`, the shard's `sold_out` is not recorded (`claim.lua`
+//! mode 'k'); the final one is, once the whole campaign is dry
+//! (`Store::record_sold_out`), so the key's retry gets it. A shard that does not
 //! exist (a create that died before its shards were written) is created
 //! from the record, and the claim tried again.
 
@@ -27,16 +28,6 @@ pub async fn refill(store: &Store, info: &CampaignInfo, shard: u32) -> Result<bo
     Ok(store
         .refill_shard(&info.keys, &info.id, info.shards, shard)
         .await?)
-}
-
-/// Before a claim under an `Idempotency-Key` (its refusal is final): refill
-/// its shard when that has no unclaimed stock left.
-pub async fn refill_if_dry(store: &Store, info: &CampaignInfo, shard: u32) -> Result<(), ApiError> {
-    let free = store.shard_free(&info.id, shard, info.shards).await?;
-    if free <= 0 {
-        refill(store, info, shard).await?;
-    }
-    Ok(())
 }
 
 /// Creates a campaign's missing shards from its record; false when the

@@ -139,7 +139,12 @@ impl Store {
         // it expires 2 s after it, when no re-send can charge any more.
         let rid_second = deadline_ms.div_euclid(1000);
         let (idem_key, mode, rid) = if idem.keep_rejections {
-            (keys.idempotency(&idem.digest), "c", "")
+            let mode = if idem.shard_retries_sold_out {
+                "k"
+            } else {
+                "c"
+            };
+            (keys.idempotency(&idem.digest), mode, "")
         } else {
             (
                 keys.request_ids(rid_second),
@@ -258,6 +263,20 @@ impl Store {
             let store = self.clone();
             tokio::spawn(async move { store.void_claim(void, serial).await });
         }
+    }
+
+    /// Records `sold_out` under the client key of a claim on a stock shard
+    /// (`claim.lua` left it out while the shard was refilled: mode 'k'),
+    /// once the whole campaign is dry, so the key's retry gets the same
+    /// answer as for any other refusal. A record already there wins.
+    pub async fn record_sold_out(&self, keys: &CampaignKeys, idem: &Idem) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(keys.idempotency(&idem.digest))
+            .arg(format!("{}|sold_out", idem.fingerprint))
+            .arg("EX")
+            .arg(idem.ttl_secs)
+            .arg("NX");
+        self.query::<Option<String>>(cmd).await.map(|_| ())
     }
 
     /// Sends the campaign's queued claims, a batch at a time, until none

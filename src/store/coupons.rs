@@ -61,6 +61,10 @@ pub struct Idem {
     pub fingerprint: String,
     pub ttl_secs: u64,
     pub keep_rejections: bool,
+    /// A client key on a stock shard: a `sold_out` there is not recorded
+    /// (the service refills the shard and tries again, then records it
+    /// once the whole campaign is dry: [`Store::record_sold_out`]).
+    pub shard_retries_sold_out: bool,
 }
 
 impl Store {

@@ -410,16 +410,6 @@ impl Store {
         self.query::<String>(cmd).await.map(|_| ())
     }
 
-    /// Shard `i`'s unclaimed stock (one read).
-    pub async fn shard_free(&self, id: &str, i: u32, shards: u32) -> Result<i64> {
-        let mut hm = redis::cmd("HMGET");
-        hm.arg(CampaignKeys::shard(id, i, shards).meta())
-            .arg(&["stock", "issued", "void"]);
-        let m: Vec<Option<String>> = self.query(hm).await?;
-        let v = |j: usize| int(m.get(j).and_then(Option::as_ref));
-        Ok(v(0)? - (v(1)? - v(2)?))
-    }
-
     /// The sums over a campaign's shards: (issued, redeemed), as the
     /// campaign record would hold them unsharded.
     pub async fn shard_totals(&self, id: &str, shards: u32) -> Result<(i64, i64)> {

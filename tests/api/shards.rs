@@ -524,3 +524,70 @@ async fn two_instances_refilling_at_once_issue_exactly_the_stock() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Claims under `Idempotency-Key`s on a sharded campaign: a dry shard's
+/// `sold_out` is not recorded under the key while stock can still move
+/// there, so keyed claims are never told `sold_out` early either; the
+/// final `sold_out` is recorded, and the key's retry gets it even after a
+/// stock raise (the first answer wins).
+#[tokio::test]
+async fn keyed_claims_on_shards_are_told_sold_out_only_when_every_shard_is_dry() {
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(
+            json!({"stock": 30, "stock_shards": 3, "limits": {"per_phone": 1},
+            "coupon": coupon()}),
+        )
+        .await;
+    let keyed = |n: usize, key: String| {
+        let (app, id) = (&app, id.clone());
+        async move {
+            let res = app
+                .client
+                .post(app.url(&format!("/v1/campaigns/{id}/claims")))
+                .header("Idempotency-Key", key)
+                .json(&json!({"phone": phone(n), "device_id": format!("kd-{n}")}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (n, status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let answers =
+        futures_util::future::join_all((0..90).map(|i| keyed(i % 45, format!("race-{i}")))).await;
+    let told_sold_out = answers.iter().any(|a| a.1 == 409);
+    let mut answers = answers;
+    let mut late_issued = 0;
+    for n in 0..45 {
+        let a = keyed(n, format!("late-{n}")).await;
+        late_issued += usize::from(a.1 == 201);
+        answers.push(a);
+    }
+    if told_sold_out {
+        assert_eq!(
+            late_issued, 0,
+            "a keyed claim was told sold_out while stock remained"
+        );
+    }
+    assert_exact_issue(&answers, 30);
+    // A key refused `sold_out` replays it, even once stock is raised.
+    let (_, status, _) = keyed(500, "final".into()).await;
+    assert_eq!(status, 409);
+    let res = app
+        .client
+        .patch(app.url(&format!("/v1/campaigns/{id}")))
+        .json(&json!({"stock": 40}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, status, body) = keyed(500, "final".into()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("sold_out")),
+        "{body}"
+    );
+    app.claim_code(&id, &phone(501), "fresh").await;
+    app.stop().await;
+}
