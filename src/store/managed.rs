@@ -90,7 +90,8 @@ impl ManagedRedis {
             waited += Duration::from_millis(100);
         }
         let socket = dir.join("redis.sock");
-        let child = spawn(&cfg, &dir, &socket)?;
+        let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+        let child = spawn(&cfg, &dir, &socket, lock_fd)?;
         let pid = Arc::new(AtomicI32::new(child.id().map_or(0, |p| p as i32)));
         wait_ready(&socket, &dir).await?;
         tracing::info!(data_dir = %dir.display(), appendfsync = %cfg.appendfsync, "embedded redis-server is up");
@@ -98,7 +99,7 @@ impl ManagedRedis {
         let (stop, stop_rx) = watch::channel(false);
         let supervisor = tokio::spawn(supervise(
             cfg,
-            dir,
+            (dir, lock_fd),
             socket.clone(),
             child,
             pid.clone(),
@@ -151,7 +152,18 @@ impl Drop for ManagedRedis {
     }
 }
 
-fn spawn(cfg: &ManagedConfig, dir: &Path, socket: &Path) -> Result<Child, ManagedError> {
+/// Starts `redis-server` on `dir`. It inherits the data dir's lock
+/// (`lock_fd`, an `flock` shared by every copy of the descriptor), so the
+/// dir stays locked until the redis-server itself has exited, not only this
+/// process: a service started on the same dir waits for the old
+/// redis-server to finish its AOF and let go of the socket path, which it
+/// removes on its way out.
+fn spawn(
+    cfg: &ManagedConfig,
+    dir: &Path,
+    socket: &Path,
+    lock_fd: std::os::fd::RawFd,
+) -> Result<Child, ManagedError> {
     let mut cmd = Command::new(&cfg.redis_server);
     cmd.arg("--port")
         .arg("0")
@@ -177,12 +189,15 @@ fn spawn(cfg: &ManagedConfig, dir: &Path, socket: &Path) -> Result<Child, Manage
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(false);
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
-    // memory of the parent; it runs in the child between fork and exec.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and fcntl(F_SETFD) are
+    // async-signal-safe and touch no memory of the parent; they run in the
+    // child between fork and exec.
     #[allow(unsafe_code)]
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            // Keep the lock's descriptor open across exec (clear CLOEXEC).
+            libc::fcntl(lock_fd, libc::F_SETFD, 0);
             Ok(())
         });
     }
@@ -215,7 +230,7 @@ async fn wait_ready(socket: &Path, dir: &Path) -> Result<(), ManagedError> {
 
 async fn supervise(
     cfg: ManagedConfig,
-    dir: PathBuf,
+    (dir, lock_fd): (PathBuf, std::os::fd::RawFd),
     socket: PathBuf,
     mut child: Child,
     pid: Arc<AtomicI32>,
@@ -236,7 +251,7 @@ async fn supervise(
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.changed() => return,
             }
-            match spawn(&cfg, &dir, &socket) {
+            match spawn(&cfg, &dir, &socket, lock_fd) {
                 Ok(c) => {
                     child = c;
                     pid.store(child.id().map_or(0, |p| p as i32), Ordering::SeqCst);
