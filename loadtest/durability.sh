@@ -13,6 +13,7 @@
 set -u
 BIN=$(realpath "$1"); REDIS=$(realpath "$2"); SECS=${SECS:-8}; ROUNDS=${ROUNDS:-2}
 cd "$(dirname "$0")/.."
+. loadtest/window.sh
 PORT=27301; SVC=127.0.0.1:18331; DIR=$(mktemp -d)
 S=""
 stop_all() {
@@ -31,17 +32,7 @@ run() {
   STAMPEDE_LISTEN=$SVC STAMPEDE_REDIS_URL=redis://127.0.0.1:$PORT STAMPEDE_SECRET=bench-secret-bench-secret \
     STAMPEDE_REDIS_WAIT_AOF=$3 STAMPEDE_REDIS_WAIT_TIMEOUT_MS=1500 STAMPEDE_STORE_DEADLINE_MS=2500 \
     RUST_LOG=warn "$BIN" >"$DIR/svc.log" 2>&1 & S=$!
-  for _ in $(seq 50); do curl -sf "$SVC/readyz" >/dev/null && break; sleep 0.2; done
-  curl -sf "$SVC/v1/campaigns" -H 'content-type: application/json' -d '{"id":"d1","name":"d1",
-    "stock":2000000000,"limits":{"per_phone":1,"per_device":1},
-    "coupon":{"kind":"amount_off","amount_off":100}}' >/dev/null || { echo "create failed"; cat "$DIR/svc.log"; exit 1; }
-  ROUND=90 wrk -t1 -c16 -d1s -s loadtest/claim.lua "http://$SVC/v1/campaigns/d1/claims" >/dev/null
-  out=$(ROUND=$r wrk -t1 -c64 -d"${SECS}s" --latency -s loadtest/claim.lua "http://$SVC/v1/campaigns/d1/claims")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  bad=$(awk -F'[:,]' '/non-2xx/ {print $2}' <<<"$out")
-  waits=$(redis-cli -p "$PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_waitaof:/ {print $3}')
-  echo "round $round $1: $rps claims/s, p50 $p50, p99 $p99, non-2xx ${bad:-0}, WAITAOF calls ${waits:-0}"
+  claim_window "round $round $1" "$r" "$SECS" "$PORT" waitaof
   stop_all
 }
 "$REDIS" --version
