@@ -149,19 +149,24 @@ fn planning(c: &mut Criterion) {
         device: Some(ids.device(&device)),
         user: None,
     };
-    assert_eq!(plan(&set, Endpoint::Claim, &subject).len(), 3);
+    assert_eq!(plan(&set, Endpoint::Claim, &subject, 1).len(), 3);
     c.bench_function("rules/plan_3_rules", |b| {
-        b.iter(|| plan(black_box(&set), Endpoint::Claim, black_box(&subject)))
+        b.iter(|| plan(black_box(&set), Endpoint::Claim, black_box(&subject), 1))
     });
     c.bench_function("rules/plan+by_slot_3_rules", |b| {
         b.iter(|| {
-            let planned = plan(black_box(&set), Endpoint::Claim, black_box(&subject));
+            let planned = plan(black_box(&set), Endpoint::Claim, black_box(&subject), 1);
             by_slot(&planned, false).len()
         })
     });
     c.bench_function("rules/plan+by_slot_3_rules_cluster", |b| {
         b.iter(|| {
-            let planned = plan(black_box(&set), Endpoint::Claim, black_box(&subject));
+            let planned = plan(
+                black_box(&set),
+                Endpoint::Claim,
+                black_box(&subject),
+                stampede::store::keys::RULE_SHARDS,
+            );
             by_slot(&planned, true).len()
         })
     });
@@ -176,7 +181,7 @@ fn planning(c: &mut Criterion) {
                 device: subject.device.clone(),
                 user: None,
             };
-            let planned = plan(black_box(&set), Endpoint::Claim, &s);
+            let planned = plan(black_box(&set), Endpoint::Claim, &s, 1);
             by_slot(&planned, false).len()
         })
     });

@@ -30,7 +30,7 @@ Records are '|'-joined: every field is a number, a base64url pseudonym or a
 fixed word (no field can contain '|'); cjson.encode cost more than the rest.
 ARGV
   1  n                 claims in this call (1..)
-  then 13 + 10r per claim, one claim after another:
+  then 13 + 11r per claim, one claim after another:
   +1  now_ms           the service's injected clock (windows, records)
   +2  phone            +3 device     +4 ip          (short pseudonyms)
   +5  fingerprint      hash of the request the idempotency key first came with
@@ -46,7 +46,7 @@ ARGV
   +11 request_id       the server request id (field of the idem key in mode 's')
   +12 rid_expire_s     unix second at which the idem key expires in mode 's'
   +13 r                the claim's rate rules (0: none)
-  +14 .. +13+10r       their arguments, 10 a rule, as rules.lua takes them
+  +14 .. +13+11r       their arguments, 11 a rule, as rules.lua takes them
 RETURNS one array per claim, in order, of strings. A claim with rules
 (r > 0) starts with its rules' answers, 5 a rule as rules.lua's 'check'
 returns them, and then {'refused'} when an enforced rule refused it (the
@@ -110,7 +110,7 @@ do
     local r = int(ARGV[a + 13])
     if not r or r < 0 then return redis.error_reply('ERR claim.lua: bad arguments') end
     ks[i], as[i] = k + 1, a + 1
-    k, a = k + 4 + 2 * r, a + 13 + 10 * r
+    k, a = k + 4 + 2 * r, a + 13 + 11 * r
   end
   if #KEYS ~= k or #ARGV ~= a then
     return redis.error_reply('ERR claim.lua: bad arguments')
@@ -133,6 +133,16 @@ if m[1] and not (stock and issued and void and starts and ends and lp and ld and
 end
 local issued_at_start = issued
 local low_fired = m[12] == '1'
+
+-- The batch's rule fields, read at once (hcache.lua, rules_core.lua).
+do
+  local reqs = {}
+  for i = 1, n do
+    local r, now = int(ARGV[as[i] + 12]), int(ARGV[as[i]])
+    if r > 0 and now then reqs[#reqs + 1] = {now, r, ks[i] + 3, as[i] + 12} end
+  end
+  if #reqs > 0 then rules_prefetch(reqs) end
+end
 
 local t = redis.call('TIME')
 local time_ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
@@ -235,9 +245,9 @@ local function claim(K, A, rule_out)
 
   -- 3. Quotas: counted always (so a limit added later sees past claims),
   --    enforced when set (> 0).
-  local up = int(redis.call('HGET', KEYS[K], phone))
-  local ud = int(redis.call('HGET', KEYS[K + 1], device))
-  local ui = int(redis.call('HGET', KEYS[K + 2], ip))
+  local up = int(hc_get(KEYS[K], phone))
+  local ud = int(hc_get(KEYS[K + 1], device))
+  local ui = int(hc_get(KEYS[K + 2], ip))
   if not (up and ud and ui) then return {'error', 'claim.lua: corrupt quota counter'} end
   if lp > 0 and up >= lp then return refuse('limit', 'per_phone') end
   if ld > 0 and ud >= ld then return refuse('limit', 'per_device') end
@@ -262,12 +272,14 @@ local function claim(K, A, rule_out)
   end
   local exp_s = '0'
   if valid_ms > 0 then exp_s = tostring(now + valid_ms) end
-  redis.call('HSET', KEYS[2] .. ':' .. floor(serial / 64), serial % 64,
-    phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
+  local record = KEYS[2] .. ':' .. floor(serial / 64)
+  hc_hash(record)
+  -- Nothing below can fail: the writes go to the cache (hcache.lua).
+  hc_set(record, tostring(serial % 64), phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
   issued = serial
-  redis.call('HSET', KEYS[K], phone, up + 1)
-  redis.call('HSET', KEYS[K + 1], device, ud + 1)
-  redis.call('HSET', KEYS[K + 2], ip, ui + 1)
+  hc_set(KEYS[K], phone, tostring(up + 1))
+  hc_set(KEYS[K + 1], device, tostring(ud + 1))
+  hc_set(KEYS[K + 2], ip, tostring(ui + 1))
   local result = 'ok|' .. serial .. '|' .. ARGV[A] .. '|' .. exp_s
   if client then
     redis.call('SET', idem, fp .. '|' .. result, 'EX', ttl)
@@ -332,6 +344,7 @@ for i = 1, n do
 end
 
 -- What the batch wrote once for all its claims: cannot fail (see ATOMICITY).
+hc_flush()
 if issued ~= issued_at_start then
   redis.call('HSET', KEYS[1], 'issued', tostring(issued))
 end

@@ -1,36 +1,61 @@
 --[[ rules.lua: check (and charge) the rate rules of one request that live in
 one hash slot, or settle the outcome-counted rules after the request.
 
-Algorithm: a BUCKETED SLIDING WINDOW. A rule's window w is cut into 10
-buckets of s = w/10 (at least 1 ms); bucket i holds what happened in
+Algorithm: a BUCKETED SLIDING WINDOW. A rule's window w is cut into
+buckets of s = max(1, floor(w/10)) ms; bucket i holds what happened in
 [i*s, (i+1)*s). A request at `now` counts every bucket from
-floor((now - w) / s) to floor(now / s): an interval that contains the whole
-window (now - w, now] plus at most one bucket (s) before it. So the count is
-never below the exact sliding count: a rule NEVER admits more than `limit` in
-any window of length w, and it may refuse for at most w/10 longer than an
-exact sliding log would. Memory: at most 11 small fields per key.
-`distinct` rules are exact: a sorted set of member -> last seen (ms); the
-members seen in (now - w, now] are counted, and only `limit` of them can ever
-be admitted, so the set holds at most `limit` live members.
+floor((now - w) / s) on: an interval that contains the whole window
+(now - w, now] plus at most one bucket (s) before it. So the count is never
+below the exact sliding count: a rule NEVER admits more than `limit` in any
+window of length w, and it may refuse for at most w/10 longer than an exact
+sliding log would. `distinct` rules are exact: each member's last-seen time
+is kept, the members seen in (now - w, now] are counted, and only `limit`
+of them can ever be admitted.
+
+LAYOUT: NO KEY PER IDENTITY. The buckets are grouped into epochs of
+P = floor(w/s) + 1 buckets (epoch e holds buckets eP .. eP + P - 1). One
+hash per rule, epoch and shard (`<prefix><e>`; a single node has one shard,
+a cluster 64, the shard a slice of the rule key's digest and the hash tag)
+holds every rule key's buckets of that epoch in one field:
+  counting rules  field <rule key digest> -> 'T;F;o:c,o:c,...' (T the total,
+                  F the oldest bucket's offset in the epoch, then offset :
+                  count, newest first)
+  distinct rules  field <rule key digest> -> 'member@ms,...' (the members
+                  seen in that epoch, each with its last time in it)
+A request in epoch e reads its field in epochs e-1, e and e+1 and writes
+epoch e. With P = floor(w/s) + 1, epochs e and e+1 hold live buckets only
+(their totals are read as they are: cur - floor(w/s) <= eP for every
+bucket of epoch e) and e-2 none (bucket (e-1)P - 1 < floor((now - w)/s)
+for every now in epoch e), so only epoch e-1's value is cut at the
+window's start. Epoch e+1 is read for an instance whose clock runs ahead.
+A batch reads each epoch hash with one HMGET and writes it with one HSET
+(hcache.lua). While a rule is used, the hash of epoch e-3 is UNLINKed (a
+big hash is freed off the main thread); each hash also expires when epoch
+x+3 ends, for a rule nobody uses any more. A new identity thus costs a
+field in a hash that exists already, not a key with its own TTL: the
+keyspace (and Redis's expiry work) no longer grows with the identities.
+Bans keep their state in a small hash per rule key (violations 'v<bucket>',
+'lvl' bans started in a row, 'lvl_end' when the last one ends), read and
+written only when a request is over a rule that bans.
 
 Time is the service's injected clock (ARGV[2]), never Redis TIME; key TTLs
 only bound memory.
 
 KEYS (2 per rule, all under one hash tag: this call's slot)
-  2i-1  hash   'b<bucket>' -> count, 'v<bucket>' -> violations,
-               'lvl' -> bans started in a row, 'lvl_end' -> when the last ban ends (ms)
-  2i    zset   distinct member -> last seen ms (only `distinct` rules use it)
+  2i-1  prefix  the rule's epoch hashes are this prefix followed by the epoch
+  2i    hash    the rule key's ban state (only rules that ban use it)
 ARGV
   1  mode      'check' | 'settle'
   2  now_ms
   3  n         rules in this call
-  then 10 per rule, starting at 4 + (i-1)*10:
+  then 11 per rule, starting at 4 + (i-1)*11:
     +0 kind    'r' requests (checked and charged now), 'o' successes/failures
                (check now, charged by 'settle'), 'd' distinct
     +1 limit   +2 window_ms   +3 enforce ('1' enforce, '0' shadow)
-    +4 member  the distinct value's pseudonym ('' unless kind 'd')
+    +4 member  the distinct value's digest, hex ('' unless kind 'd')
     +5 ban_after (0: no ban)  +6 ban_ms  +7 ban_factor  +8 ban_max_ms
     +9 decay_ms  how long after a ban ends the next one still escalates
+    +10 field  the rule key's digest: its field in the epoch hashes
 RETURNS (check) 5 values per rule, in order (the status a string, the
   others integers):
   status 'ok' | 'over' (enforced, refused) | 'shadow' (would have refused),
@@ -54,38 +79,56 @@ call; it adds one violation to each rule it was over, and a rule whose
 violations reach ban_after starts a ban (its length escalates: ban_ms *
 factor^(level-1), capped by ban_max_ms) and forgets its violations.
 
-ATOMICITY: in 'check' mode every key a rule writes is read first (HGETALL of
-its hash, ZCOUNT of its set: a wrong-type key raises WRONGTYPE there, before
-the first write), so a failing call changed nothing; the writes that follow
-(HDEL of stale buckets, HINCRBY, HSET, ZADD, ZREMRANGEBYSCORE, PEXPIRE) touch
-only keys of the right type and counters this script wrote itself, so none of
-them can fail. 'settle' only writes, so it checks every TYPE first. (No TYPE
+ATOMICITY: in 'check' mode every key a rule writes is read first (HGET of
+its epoch hashes, HGETALL of its ban state: a wrong-type key raises
+WRONGTYPE there, before the first write), so a failing call changed nothing;
+the writes that follow (HSET, HINCRBY, HDEL, PEXPIRE) touch only keys of the
+right type and values this script wrote itself, so none of them can fail. 'settle' only writes, so it checks every TYPE first. (No TYPE
 calls on the hot path: they were a third of the script's Redis calls.)
 ]]
 
--- rules_core.lua (prepended by store::scripts) defines rules_run.
+-- hcache.lua and rules_core.lua (prepended by store::scripts) define
+-- rules_prefetch, rules_run and hc_flush.
 if ARGV[1] ~= 'batch' then
   local n = tonumber(ARGV[3])
-  if not n or #KEYS ~= 2 * n or #ARGV ~= 3 + 10 * n then
+  if not n or #KEYS ~= 2 * n or #ARGV ~= 3 + 11 * n then
     return redis.error_reply('ERR rules.lua: bad arguments')
   end
-  local r = rules_run(ARGV[1], tonumber(ARGV[2]), n, 0, 3)
+  local now = tonumber(ARGV[2])
+  if now then rules_prefetch({{now, n, 0, 3}}) end
+  local ok, r = pcall(rules_run, ARGV[1], now, n, 0, 3)
+  if not ok then
+    return redis.error_reply(tostring(type(r) == 'table' and (r.err or r.message) or r))
+  end
   if r.err then return redis.error_reply(r.err) end
+  hc_flush()
   return r
 end
 local n = tonumber(ARGV[2])
 if not n or #ARGV < 2 + 2 * n then return redis.error_reply('ERR rules.lua: bad batch') end
-local out, k, a = {}, 0, 2 + 2 * n
+-- Each request's offsets, then one read of every epoch hash for all of them.
+local reqs, starts, k, a = {}, {}, 0, 2 + 2 * n
 for i = 1, n do
   local nk, na = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local ok, r
-  if not nk or not na or na ~= 3 + 5 * nk or nk % 2 ~= 0 then
-    ok, r = true, {err = 'ERR rules.lua: bad arguments'}
-  else
-    -- Each request's arguments are 'check', now, n, then 10 a rule.
-    ok, r = pcall(rules_run, ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), k, a + 3)
+  if nk and na and 2 * na == 6 + 11 * nk and nk % 2 == 0 then
+    -- Each request's arguments are 'check', now, n, then 11 a rule.
+    starts[i] = {k, a}
+    local now, nr = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    if now and nr then reqs[#reqs + 1] = {now, nr, k, a + 3} end
   end
   k, a = k + (nk or 0), a + (na or 0)
+end
+rules_prefetch(reqs)
+local out = {}
+for i = 1, n do
+  local ok, r
+  local at = starts[i]
+  if not at then
+    ok, r = true, {err = 'ERR rules.lua: bad arguments'}
+  else
+    local ka, aa = at[1], at[2]
+    ok, r = pcall(rules_run, ARGV[aa + 1], tonumber(ARGV[aa + 2]), tonumber(ARGV[aa + 3]), ka, aa + 3)
+  end
   if not ok then
     r = {'error', tostring(type(r) == 'table' and (r.err or r.message) or r)}
   elseif r.err then
@@ -93,4 +136,5 @@ for i = 1, n do
   end
   out[i] = r
 end
+hc_flush()
 return out

@@ -1,62 +1,226 @@
 --[[ rules_core.lua: the rules engine's check and settle (see rules.lua for
-the algorithm, KEYS, ARGV and the atomicity argument). Not a script of its
-own: store::scripts prepends it to rules.lua (the rules' own calls) and to
-claim.lua (a single node checks a claim's rules in the claim's call), so the
-one engine has one text. It only defines locals: `rules_run`.
+the algorithm, the layout, KEYS, ARGV and the atomicity argument). Not a
+script of its own: store::scripts prepends it to rules.lua (the rules' own
+calls) and to claim.lua (a single node checks a claim's rules in the claim's
+call), so the one engine has one text. It reads and writes the epoch hashes
+through hcache.lua (prepended before it): a batch reads each epoch hash's
+fields with one HMGET (`rules_prefetch`) and writes it once (`hc_flush`,
+called by the script at its end). It only defines locals: `rules_prefetch`
+and `rules_run`.
+
+Lua here costs more than Redis's commands: printing a number (~0.35 µs), a
+table with many fields (~0.7 µs), a pattern match (~0.1-0.4 µs). So the
+epoch hashes' names and small integers are printed once per call (`ekey`,
+`istr`), and a value carries its total and its oldest bucket up front.
 ]]
-local call, tonumber, tostring, floor, max, sub, byte =
-  redis.call, tonumber, tostring, math.floor, math.max, string.sub, string.byte
-local B, V, L = byte('b'), byte('v'), byte('l')
+local call, tonumber, tostring, floor, max, sub, match, gmatch =
+  redis.call, tonumber, tostring, math.floor, math.max, string.sub, string.match, string.gmatch
 local function err(msg) return {err = msg} end
 
 -- Integers print exactly through tostring (%.14g) below 1e14: every count,
 -- length and ms value here is (ms clocks stay below 1e14 until the year 5138).
 local function int_str(x) return tostring(floor(x)) end
 
--- Time until `need` counted units have left the window (the buckets sorted
--- on first use; only a refused request needs more than the oldest one).
+-- Small non-negative integers, printed once per call.
+local istrs = {}
+local function istr(x)
+  if x >= 0 and x < 4096 then
+    local s = istrs[x]
+    if not s then
+      s = tostring(x)
+      istrs[x] = s
+    end
+    return s
+  end
+  return tostring(x)
+end
+
+-- The name of epoch `e`'s hash of the rule whose prefix is `pre`.
+local ekeys = {}
+local function ekey(pre, e)
+  local t = ekeys[pre]
+  if not t then
+    t = {}
+    ekeys[pre] = t
+  end
+  local k = t[e]
+  if not k then
+    k = pre .. tostring(e)
+    t[e] = k
+  end
+  return k
+end
+
+-- Old epoch hashes this call has dropped already.
+local unlinked = {}
+
+-- Reads the fields of the batch's requests (`reqs`: {now, n, K, A} each, as
+-- rules_run takes them), one HMGET an epoch hash, and drops the hash of
+-- epoch e-3 (UNLINK frees a big one off the main thread; an instance whose
+-- clock is an epoch behind still finds the epochs it reads).
+local function rules_prefetch(reqs)
+  local fields, order = {}, {}
+  local function want(key, field)
+    local f = fields[key]
+    if not f then
+      f = {}
+      fields[key] = f
+      order[#order + 1] = key
+    end
+    f[#f + 1] = field
+  end
+  for _, q in ipairs(reqs) do
+    local now = q[1]
+    for i = 1, q[2] do
+      local a = q[4] + 1 + (i - 1) * 11
+      local w, field = tonumber(ARGV[a + 2]), ARGV[a + 10]
+      local pre = KEYS[q[3] + 2 * i - 1]
+      if w and w > 0 and field and pre then
+        local s = max(1, floor(w / 10))
+        local P = floor(w / s) + 1
+        local e = floor(floor(now / s) / P)
+        want(ekey(pre, e - 1), field)
+        want(ekey(pre, e), field)
+        want(ekey(pre, e + 1), field)
+        local old = ekey(pre, e - 3)
+        if not unlinked[old] then
+          unlinked[old] = true
+          redis.pcall('UNLINK', old)
+        end
+      end
+    end
+  end
+  for _, key in ipairs(order) do hc_prefetch(key, fields[key]) end
+end
+
+-- A counting value is 'T;F;o:c,o:c,...': T the sum of its counts, F its
+-- oldest bucket's offset in the epoch, then one entry per bucket (o the
+-- offset, c the count), newest first.
+-- Epochs e and e+1 hold live buckets only: their total and oldest bucket
+-- are read as they are.
+local function add_whole(r, v, base)
+  if not v then return end
+  local t, f = match(v, '^(%d+);(%d+)')
+  if not t then return end
+  r.count = r.count + tonumber(t)
+  local idx = base + tonumber(f)
+  if not r.first or idx < r.first then r.first = idx end
+end
+
+-- Epoch e-1: the buckets from r.oldest on (newest first, so the loop stops
+-- at the first one that left the window).
+local function add_part(r, v, base)
+  if not v then return end
+  local oldest = r.oldest
+  for o, c in gmatch(v, '(%d+):(%d+)') do
+    local idx = base + tonumber(o)
+    if idx < oldest then break end
+    r.count = r.count + tonumber(c)
+    if not r.first or idx < r.first then r.first = idx end
+  end
+end
+
+-- Every live bucket of the three epochs, sorted oldest first (only a
+-- refused request needs more than the oldest one).
+local function live_buckets(r)
+  local b = {}
+  for j = -1, 1 do
+    local v = hc_get(ekey(r.pre, r.e + j), r.field)
+    if v then
+      local base = (r.e + j) * r.P
+      for o, c in gmatch(v, '(%d+):(%d+)') do
+        local idx = base + tonumber(o)
+        if idx >= r.oldest then b[#b + 1] = {idx, tonumber(c)} end
+      end
+    end
+  end
+  table.sort(b, function(x, y) return x[1] < y[1] end)
+  return b
+end
+
+-- Time until `need` counted units have left the window.
 local function free_after(r, need, now)
   if need <= 1 then
     if r.first then return (r.first + 1) * r.s + r.w - now end
     return r.w
   end
-  local b = {}
-  for j = 1, #r.bi do b[j] = {r.bi[j], r.bv[j]} end
-  table.sort(b, function(x, y) return x[1] < y[1] end)
   local freed = 0
-  for j = 1, #b do
-    freed = freed + b[j][2]
-    if freed >= need then return (b[j][1] + 1) * r.s + r.w - now end
+  for _, b in ipairs(live_buckets(r)) do
+    freed = freed + b[2]
+    if freed >= need then return (b[1] + 1) * r.s + r.w - now end
   end
   return r.w
 end
 
+-- The current epoch's value with one more in bucket offset `o`.
+local function bump(v, o)
+  local os = istr(o)
+  local t, f, fo, fc, rest
+  if v then t, f, fo, fc, rest = match(v, '^(%d+);(%d+);(%d+):(%d+)(.*)$') end
+  -- A new value (or one this engine cannot read, started over).
+  if not t then return '1;' .. os .. ';' .. os .. ':1' end
+  local t1 = istr(tonumber(t) + 1)
+  local newest = tonumber(fo)
+  if newest == o then return t1 .. ';' .. f .. ';' .. os .. ':' .. istr(tonumber(fc) + 1) .. rest end
+  if newest < o then return t1 .. ';' .. f .. ';' .. os .. ':1,' .. fo .. ':' .. fc .. rest end
+  -- An older bucket than the newest one (another instance's clock is
+  -- behind): rebuild in order.
+  local b, found = {}, false
+  for eo, c in gmatch(v, '(%d+):(%d+)') do
+    eo, c = tonumber(eo), tonumber(c)
+    if eo == o then c, found = c + 1, true end
+    b[#b + 1] = {eo, c}
+  end
+  if not found then b[#b + 1] = {o, 1} end
+  table.sort(b, function(x, y) return x[1] > y[1] end)
+  local parts = {}
+  for j = 1, #b do parts[j] = istr(b[j][1]) .. ':' .. istr(b[j][2]) end
+  return t1 .. ';' .. istr(b[#b][1]) .. ';' .. table.concat(parts, ',')
+end
+
+-- A distinct value is 'member@ms,member@ms,...' (members are hex digests):
+-- the members seen in that epoch, each with its last time in it.
+local function add_members(v, seen, since)
+  if not v then return end
+  for m, t in gmatch(v, '(%x+)@(%d+)') do
+    t = tonumber(t)
+    if t > since and (not seen[m] or t > seen[m]) then seen[m] = t end
+  end
+end
+
 -- One request's rules: `n` rules whose keys are KEYS[K + 1 .. K + 2n] and
--- whose arguments are ARGV[A + 1 .. A + 10n] (10 a rule, as listed in
+-- whose arguments are ARGV[A + 1 .. A + 11n] (11 a rule, as listed in
 -- rules.lua's header), checked (mode 'check') or charged ('settle') at `now`.
 -- Offsets rather than slices: a batch copies no table per request.
 local function rules_run(mode, now, n, K, A)
-  if not now or not n or #KEYS < K + 2 * n or #ARGV < A + 10 * n then
+  if not now or not n or #KEYS < K + 2 * n or #ARGV < A + 11 * n then
     return err('ERR rules.lua: bad arguments')
   end
 
   local rules = {}
   for i = 1, n do
-    local a = A + 1 + (i - 1) * 10
-    local w, ban_after = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 5])
-    -- Every field named here, so the table is sized once.
-    local r = {
-      hash = KEYS[K + 2 * i - 1], zset = KEYS[K + 2 * i],
-      kind = ARGV[a], limit = tonumber(ARGV[a + 1]), w = w,
-      enforce = ARGV[a + 3] == '1', member = ARGV[a + 4], ban_after = ban_after,
-      ban_ms = 0, factor = 1, ban_max = 0, decay = 0, uses_hash = false, s = 1, cur = 0,
-      oldest = 0, lvl = 0, lvl_end = 0, has_cur = false, bi = false, bv = false,
-      stale = false, viol = 0, first = false, present = false, over = false, reset = 0,
-      remaining = 0, count = 0,
-    }
-    if not (r.limit and w and w > 0 and ban_after) then
+    local a = A + 1 + (i - 1) * 11
+    local w, limit, ban_after = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 5])
+    local field = ARGV[a + 10]
+    if not (limit and w and w > 0 and ban_after and field and #field > 0) then
       return err('ERR rules.lua: bad arguments for rule ' .. i)
     end
+    -- Buckets of s ms, P to an epoch (rules.lua's header has the
+    -- arithmetic); the hashes of epoch x live until epoch x+3 ends (the
+    -- UNLINK in rules_prefetch drops them before, while the rule is used).
+    local s = max(1, floor(w / 10))
+    local P = floor(w / s) + 1
+    local cur = floor(now / s)
+    local e = floor(cur / P)
+    local pre = KEYS[K + 2 * i - 1]
+    -- Every field named here, so the table is sized once.
+    local r = {
+      pre = pre, banh = KEYS[K + 2 * i], field = field, kind = ARGV[a], limit = limit,
+      w = w, enforce = ARGV[a + 3] == '1', member = ARGV[a + 4], ban_after = ban_after,
+      s = s, P = P, cur = cur, e = e, oldest = floor((now - w) / s), hcur = ekey(pre, e),
+      ttl = (e + 4) * P * s - now + 1000, vcur = false, count = 0, first = false,
+      present = false, over = false, reset = 0, remaining = 0,
+    }
     -- The ban's parameters matter only to a rule that bans.
     if ban_after > 0 then
       r.ban_ms, r.factor = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
@@ -65,32 +229,16 @@ local function rules_run(mode, now, n, K, A)
         return err('ERR rules.lua: bad arguments for rule ' .. i)
       end
     end
-    -- A distinct rule without a ban keeps no hash (no buckets, no violations).
-    r.uses_hash = r.kind ~= 'd' or ban_after > 0
-    local s = max(1, floor(w / 10))
-    r.s = s
-    r.cur = floor(now / s)
-    r.oldest = floor((now - w) / s)
     rules[i] = r
   end
 
-  local function expire(r, extra_ms)
-    call('PEXPIRE', r.hash, max(r.w + r.s, extra_ms or 0) + 1000)
-  end
-
   if mode == 'settle' then
-    -- Writes only: check every type before the first one.
+    -- The reads first (a wrong-type hash raises before any write).
+    local v = {}
+    for i = 1, n do v[i] = hc_get(rules[i].hcur, rules[i].field) end
     for i = 1, n do
       local r = rules[i]
-      local t = call('TYPE', r.hash)['ok']
-      if t ~= 'none' and t ~= 'hash' then
-        return err('WRONGTYPE rules.lua: ' .. r.hash .. ' holds a ' .. t)
-      end
-    end
-    for i = 1, n do
-      local r = rules[i]
-      call('HINCRBY', r.hash, 'b' .. r.cur, 1)
-      expire(r, 0)
+      hc_set(r.hcur, r.field, bump(v[i], r.cur - r.e * r.P), r.ttl)
     end
     return {'ok'}
   end
@@ -102,73 +250,73 @@ local function rules_run(mode, now, n, K, A)
   local refused = false
   for i = 1, n do
     local r = rules[i]
-    local bi, bv, stale = {}, {}, {}
-    local count, viol, first = 0, 0, false
-    if r.uses_hash then
-      local flat = call('HGETALL', r.hash)
-      local oldest, cur_field = r.oldest, 'b' .. r.cur
-      for j = 1, #flat, 2 do
-        local f = flat[j]
-        local c = byte(f)
-        if c == L then
+    local field, pre, e = r.field, r.pre, r.e
+    local vprev = hc_get(ekey(pre, e - 1), field)
+    local vcur = hc_get(r.hcur, field)
+    local vnext = hc_get(ekey(pre, e + 1), field)
+    r.vcur = vcur
+    if r.kind == 'd' then
+      local seen, since = {}, now - r.w
+      add_members(vprev, seen, since)
+      add_members(vcur, seen, since)
+      add_members(vnext, seen, since)
+      local count, first = 0, false
+      for _, t in pairs(seen) do
+        count = count + 1
+        if not first or t < first then first = t end
+      end
+      r.count = count
+      r.present = seen[r.member] ~= nil
+      r.over = (not r.present) and count >= r.limit
+      r.reset = first and (first + r.w - now) or r.w
+      r.remaining = r.limit - count - ((r.present or r.over) and 0 or 1)
+    else
+      add_part(r, vprev, (e - 1) * r.P)
+      add_whole(r, vcur, e * r.P)
+      add_whole(r, vnext, (e + 1) * r.P)
+      local count = r.count
+      if r.kind == 'r' then
+        r.over = count + 1 > r.limit
+        r.remaining = r.limit - count - 1
+      else
+        r.over = count >= r.limit
+        r.remaining = r.limit - count
+      end
+      r.reset = free_after(r, r.over and (count + 1 - r.limit) or 1, now)
+    end
+    if r.remaining < 0 then r.remaining = 0 end
+    if r.over and r.enforce then
+      refused = true
+      -- A violation: its ban state (only a rule that bans keeps one).
+      if r.ban_after > 0 then
+        local flat = call('HGETALL', r.banh)
+        local stale, viol = {}, 0
+        r.lvl, r.lvl_end = 0, 0
+        for j = 1, #flat, 2 do
+          local f = flat[j]
           if f == 'lvl' then r.lvl = tonumber(flat[j + 1]) or 0
-          elseif f == 'lvl_end' then r.lvl_end = tonumber(flat[j + 1]) or 0 end
-        else
-          local idx = tonumber(sub(f, 2))
-          if idx and idx < oldest then stale[#stale + 1] = f
-          elseif idx then
-            local v = tonumber(flat[j + 1]) or 0
-            if c == B then
-              count = count + v
-              bi[#bi + 1], bv[#bv + 1] = idx, v
-              if v > 0 and (not first or idx < first) then first = idx end
-              if f == cur_field then r.has_cur = true end
-            elseif c == V then viol = viol + v
-            end
+          elseif f == 'lvl_end' then r.lvl_end = tonumber(flat[j + 1]) or 0
+          elseif sub(f, 1, 1) == 'v' then
+            local idx = tonumber(sub(f, 2))
+            if idx and idx < r.oldest then stale[#stale + 1] = f
+            elseif idx then viol = viol + (tonumber(flat[j + 1]) or 0) end
           end
         end
+        r.vstale, r.viol = stale, viol
       end
     end
-    r.bi, r.bv, r.stale, r.viol, r.first = bi, bv, stale, viol, first
-    if r.kind == 'd' then
-      local from = '(' .. int_str(now - r.w)
-      count = call('ZCOUNT', r.zset, from, '+inf')
-      -- An empty window holds no member, this one neither.
-      if count > 0 then
-        local seen = tonumber(call('ZSCORE', r.zset, r.member) or '-1')
-        r.present = seen > now - r.w
-      end
-      r.over = (not r.present) and count >= r.limit
-      r.reset = r.w
-      if count > 0 then
-        local oldest = call('ZRANGEBYSCORE', r.zset, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-        if oldest[2] then r.reset = tonumber(oldest[2]) + r.w - now end
-      end
-      r.remaining = r.limit - count - ((r.present or r.over) and 0 or 1)
-    elseif r.kind == 'r' then
-      r.over = count + 1 > r.limit
-      r.remaining = r.limit - count - 1
-      r.reset = free_after(r, r.over and (count + 1 - r.limit) or 1, now)
-    else
-      r.over = count >= r.limit
-      r.remaining = r.limit - count
-      r.reset = free_after(r, r.over and (count + 1 - r.limit) or 1, now)
-    end
-    r.count = count
-    if r.remaining < 0 then r.remaining = 0 end
-    if r.over and r.enforce then refused = true end
   end
 
   -- 2. Write.
   local out = {}
   for i = 1, n do
     local r = rules[i]
-    if #r.stale > 0 then call('HDEL', r.hash, unpack(r.stale)) end
     local status, ban_ms, level = 'ok', 0, 0
     if r.over then status = r.enforce and 'over' or 'shadow' end
     if refused then
       if status == 'over' and r.ban_after > 0 then
-        call('HINCRBY', r.hash, 'v' .. r.cur, 1)
+        if #r.vstale > 0 then call('HDEL', r.banh, unpack(r.vstale)) end
+        call('HINCRBY', r.banh, 'v' .. r.cur, 1)
         if r.viol + 1 >= r.ban_after then
           level = r.lvl
           if r.lvl_end + r.decay < now then level = 0 end
@@ -180,36 +328,30 @@ local function rules_run(mode, now, n, K, A)
           end
           if r.ban_max > 0 and ban_ms > r.ban_max then ban_ms = r.ban_max end
           local forget = {}
-          local flat = call('HKEYS', r.hash)
-          for _, f in ipairs(flat) do
+          for _, f in ipairs(call('HKEYS', r.banh)) do
             if sub(f, 1, 1) == 'v' then forget[#forget + 1] = f end
           end
-          if #forget > 0 then call('HDEL', r.hash, unpack(forget)) end
-          call('HSET', r.hash, 'lvl', level, 'lvl_end', int_str(now + ban_ms))
+          if #forget > 0 then call('HDEL', r.banh, unpack(forget)) end
+          call('HSET', r.banh, 'lvl', level, 'lvl_end', int_str(now + ban_ms))
         end
+        -- Keep the violations for their window, and a ban's level while
+        -- the next ban still escalates.
+        call('PEXPIRE', r.banh,
+          max(r.w + r.s, max(r.lvl_end, now + ban_ms) + r.decay - now) + 1000)
       end
     elseif not r.over then
       if r.kind == 'r' then
-        call('HINCRBY', r.hash, 'b' .. r.cur, 1)
+        hc_set(r.hcur, r.field, bump(r.vcur, r.cur - r.e * r.P), r.ttl)
       elseif r.kind == 'd' then
-        -- Only a set that holds members can hold stale ones.
-        if r.count > 0 or r.present then
-          call('ZREMRANGEBYSCORE', r.zset, '-inf', int_str(now - r.w))
+        -- This epoch's members, with this one (again) at `now`.
+        local v = r.vcur
+        if v then
+          if string.find(v, r.member, 1, true) then v = string.gsub(v, r.member .. '@%d+,?', '') end
+          if #v > 0 and sub(v, -1) ~= ',' then v = v .. ',' end
+        else
+          v = ''
         end
-        call('ZADD', r.zset, now, r.member)
-        call('PEXPIRE', r.zset, r.w + 1000)
-      end
-    end
-    -- Keep the hash for its window, and while a ban's escalation still
-    -- counts. A request that only adds to the current bucket of a rule
-    -- without bans needs no new TTL: the request that opened that bucket
-    -- (this second or earlier) set one that outlives it (now' + w + s >=
-    -- the bucket's end + w).
-    if r.uses_hash and (r.kind ~= 'd' or ban_ms > 0 or (refused and status == 'over')) then
-      if r.ban_after > 0 then
-        expire(r, max(r.lvl_end, now + ban_ms) + r.decay - now)
-      elseif refused or r.over or not r.has_cur then
-        expire(r, 0)
+        hc_set(r.hcur, r.field, v .. r.member .. '@' .. int_str(now), r.ttl)
       end
     end
     -- Numbers go back as integer replies (no formatting here).
@@ -221,4 +363,3 @@ local function rules_run(mode, now, n, K, A)
   end
   return out
 end
-

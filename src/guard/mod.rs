@@ -355,7 +355,12 @@ impl Guard {
             device: who.device.map(|(_, d)| d.clone()),
             user: who.user.map(|u| self.ids.user(u)),
         };
-        let (indices, calls) = plan(&limits.set, endpoint, &subject)
+        let shards = if self.store.is_cluster() {
+            crate::store::keys::RULE_SHARDS
+        } else {
+            1
+        };
+        let (indices, calls) = plan(&limits.set, endpoint, &subject, shards)
             .into_iter()
             .map(|p| (p.index, p.call))
             .unzip();
@@ -496,7 +501,7 @@ impl Guard {
         let groups: Vec<Vec<RuleCall>> = if self.store.is_cluster() {
             let mut m: std::collections::BTreeMap<String, Vec<RuleCall>> = Default::default();
             for c in calls {
-                m.entry(crate::store::keys::rule_tag(&c.hash).to_owned())
+                m.entry(crate::store::keys::rule_tag(&c.epochs).to_owned())
                     .or_default()
                     .push(c);
             }

@@ -5,8 +5,14 @@
 //! Algorithms (see `lua/rules.lua`): `requests`, `successes` and `failures`
 //! use a bucketed sliding window (10 buckets per window): it never admits
 //! more than `limit` in any window of length w, and may refuse for at most
-//! w/10 longer than an exact sliding log. `distinct` counts are exact (a
-//! sorted set of the last-seen time per value, pruned to the window).
+//! w/10 longer than an exact sliding log. `distinct` counts are exact (the
+//! last-seen time per value, pruned to the window).
+//!
+//! Layout: no key per identity. A rule keeps one hash per epoch (11
+//! buckets) and shard, with one field per rule key (the 64-bit digest of its
+//! values); a single node has one shard, a cluster [`keys::RULE_SHARDS`]
+//! (the shard is the hash tag, so the slots spread). A batch reads a
+//! rule's epoch hashes with one HMGET each and writes each once.
 //!
 //! Atomicity: the rules of one request that share a hash slot are checked
 //! and their `requests`/`distinct` charges made in one script call, before
@@ -65,8 +71,12 @@ const MIN_DECAY_MS: u64 = 24 * 3_600_000;
 /// A ban without `max` is still capped (and so is its arithmetic).
 const BAN_CAP_MS: u64 = 365 * 86_400_000;
 
-/// The digest that names a rule key's value; it is the key's hash tag, so
-/// every rule keyed on the same values lands in one slot.
+/// The digest that names a rule key's value (64 bits, hex): its field in
+/// the rule's epoch hashes, and (by its shard) the keys' hash tag, so every
+/// rule keyed on the same values lands in one slot. Two values share a
+/// field with probability 2^-64 a pair: at a billion values of one rule,
+/// about 3% that any two do somewhere (birthday bound), and such a pair
+/// only shares a rate count.
 fn key_tag(rule: &Rule, subject: &Subject) -> Option<String> {
     let mut h = Sha256::new();
     for part in &rule.key {
@@ -78,9 +88,26 @@ fn key_tag(rule: &Rule, subject: &Subject) -> Option<String> {
     Some(hex::encode(&h.finalize()[..8]))
 }
 
+/// A distinct value as a rule counts it: 16 hex digits (64 bits). A
+/// pseudonym is hex already (its first 16 digits); a campaign id is hashed.
+/// Two of one rule key's values collide with probability 2^-64 (`limit` of
+/// them are compared).
+fn member_digest(part: KeyPart, value: &str) -> String {
+    match (part, value.get(..16)) {
+        (KeyPart::Campaign, _) | (_, None) => hex::encode(&Sha256::digest(value.as_bytes())[..8]),
+        (_, Some(prefix)) => prefix.to_owned(),
+    }
+}
+
 /// The rules of `set` that look at this request, with their calls. A rule
 /// whose key (or distinct value) the request does not carry is skipped.
-pub fn plan<'a>(set: &'a RuleSet, endpoint: Endpoint, subject: &Subject) -> Vec<Planned<'a>> {
+/// `shards`: how many hash tags the rule keys spread over (`keys::rule`).
+pub fn plan<'a>(
+    set: &'a RuleSet,
+    endpoint: Endpoint,
+    subject: &Subject,
+    shards: u32,
+) -> Vec<Planned<'a>> {
     set.rules
         .iter()
         .enumerate()
@@ -88,10 +115,10 @@ pub fn plan<'a>(set: &'a RuleSet, endpoint: Endpoint, subject: &Subject) -> Vec<
         .filter_map(|(index, rule)| {
             let tag = key_tag(rule, subject)?;
             let member = match rule.distinct {
-                Some(p) => subject.value(p)?.to_owned(),
+                Some(p) => member_digest(p, subject.value(p)?),
                 None => String::new(),
             };
-            let (hash, zset) = keys::rule(&tag, &rule.name);
+            let (epochs, ban_state) = keys::rule(&tag, &rule.name, shards);
             let kind = match (rule.distinct, rule.count) {
                 (Some(_), _) => RuleKind::Distinct,
                 (None, Count::Requests) => RuleKind::Requests,
@@ -103,8 +130,9 @@ pub fn plan<'a>(set: &'a RuleSet, endpoint: Endpoint, subject: &Subject) -> Vec<
                 rule,
                 index,
                 call: RuleCall {
-                    hash,
-                    zset,
+                    epochs,
+                    ban_state,
+                    field: tag,
                     kind,
                     limit: rule.limit,
                     window_ms: rule.window_ms,
@@ -139,7 +167,7 @@ pub fn by_slot<'a, 'b>(planned: &'b [Planned<'a>], cluster: bool) -> Vec<Vec<&'b
     let mut groups: BTreeMap<&str, Vec<&Planned<'a>>> = BTreeMap::new();
     for p in planned {
         groups
-            .entry(keys::rule_tag(&p.call.hash))
+            .entry(keys::rule_tag(&p.call.epochs))
             .or_default()
             .push(p);
     }
@@ -247,19 +275,19 @@ ban = { duration = "1h" }
     #[test]
     fn plans_only_matching_rules_with_their_keys() {
         let set = RuleSet::parse(FILE).unwrap();
-        let p = plan(&set, Endpoint::Claim, &subject());
+        let p = plan(&set, Endpoint::Claim, &subject(), keys::RULE_SHARDS);
         let names: Vec<_> = p.iter().map(|p| p.rule.name.as_str()).collect();
         assert_eq!(names, ["ip-burst", "device-farm", "ip-campaign"]);
         assert_eq!(p[1].call.kind, RuleKind::Distinct);
-        assert_eq!(p[1].call.member, pseudo("phone").as_str());
+        assert_eq!(p[1].call.member, &pseudo("phone").as_str()[..16]);
         // Another campaign: the glob rule drops out.
         let mut s = subject();
         s.campaign = Some("spring".into());
-        assert_eq!(plan(&set, Endpoint::Claim, &s).len(), 2);
+        assert_eq!(plan(&set, Endpoint::Claim, &s, keys::RULE_SHARDS).len(), 2);
         // A missing identity skips the rules keyed on it.
         s.device = None;
-        assert_eq!(plan(&set, Endpoint::Claim, &s).len(), 2);
-        let r = plan(&set, Endpoint::Redeem, &subject());
+        assert_eq!(plan(&set, Endpoint::Claim, &s, keys::RULE_SHARDS).len(), 2);
+        let r = plan(&set, Endpoint::Redeem, &subject(), keys::RULE_SHARDS);
         assert_eq!(r.len(), 2, "ip-campaign (any) and code-guessing");
         assert_eq!(r[1].call.kind, RuleKind::Outcomes);
         assert_eq!(r[1].call.ban_after, 1);
@@ -268,15 +296,16 @@ ban = { duration = "1h" }
     #[test]
     fn rules_on_the_same_values_share_a_slot_others_do_not() {
         let set = RuleSet::parse(FILE).unwrap();
-        let p = plan(&set, Endpoint::Claim, &subject());
+        let p = plan(&set, Endpoint::Claim, &subject(), keys::RULE_SHARDS);
         assert_eq!(by_slot(&p, false).len(), 1);
         assert_eq!(by_slot(&p, true).len(), 3);
         let other = Subject {
             ip: Some(pseudo("other-ip")),
             ..subject()
         };
-        let q = plan(&set, Endpoint::Claim, &other);
-        assert_ne!(q[0].call.hash, p[0].call.hash);
-        assert_eq!(q[1].call.hash, p[1].call.hash, "same device, same key");
+        let q = plan(&set, Endpoint::Claim, &other, keys::RULE_SHARDS);
+        assert_ne!(q[0].call.field, p[0].call.field);
+        assert_eq!(q[1].call.field, p[1].call.field, "same device, same key");
+        assert_eq!(q[1].call.epochs, p[1].call.epochs);
     }
 }

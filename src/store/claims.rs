@@ -170,7 +170,7 @@ impl Store {
         let mut call_keys = Vec::with_capacity(4 + 2 * rules.len());
         call_keys.extend(quotas);
         call_keys.push(idem_key);
-        let mut args = Vec::with_capacity(13 + 10 * rules.len());
+        let mut args = Vec::with_capacity(13 + 11 * rules.len());
         args.extend([
             now_ms.to_string(),
             phone,

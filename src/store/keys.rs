@@ -25,8 +25,8 @@
 //! | `st:{webhooks}` | set | ids of campaigns with a webhook (the outbox worker's list) |
 //! | `st:campaign-seq` | string | last campaign number handed out |
 //! | `st:campaign-no:<n>` | string | campaign id of number `n` (codes carry the number) |
-//! | `st:{r:<k>}:<rule>` | hash | a rate rule's buckets, violations and ban level for one rule key |
-//! | `st:{r:<k>}:<rule>:d` | zset | a `distinct` rule's members -> last seen |
+//! | `st:{r:<shard>}:<rule>:e:<epoch>` | hash | a rate rule's buckets (or a `distinct` rule's members) of one epoch, one field per rule key (`lua/rules.lua`) |
+//! | `st:{r:<shard>}:<rule>:b:<k>` | hash | a rule key's violations and ban level (rules that ban) |
 //! | `st:{bans}` | hash | `<kind>:<pseudonym>` -> ban record (JSON); `~v` -> version |
 //! | `st:{audit}` | stream | reloads, bans, unbans: who, why, when |
 //!
@@ -239,12 +239,25 @@ pub fn short(p: &Pseudonym) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The keys of one rule for one rule-key value (`tag` is the digest of the
-/// values): the counter hash and the distinct set, one slot.
-pub fn rule(tag: &str, rule: &str) -> (String, String) {
-    let hash = format!("st:{{r:{tag}}}:{rule}");
-    let zset = format!("{hash}:d");
-    (hash, zset)
+/// On a cluster, rule keys are spread over this many hash tags (slots); a
+/// single node keeps one epoch hash per rule (a batch reads it with one
+/// HMGET).
+pub const RULE_SHARDS: u32 = 64;
+
+/// The keys of one rule for one rule-key value (`digest`, hex, names the
+/// values): the prefix of the rule's epoch hashes that hold this value's
+/// field (the script appends the epoch), and the value's ban state. Both
+/// carry the shard of the digest (of `shards`) as their hash tag: one slot.
+pub fn rule(digest: &str, rule: &str, shards: u32) -> (String, String) {
+    let shard = digest
+        .get(..4)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+        % shards.max(1);
+    (
+        format!("st:{{r:{shard}}}:{rule}:e:"),
+        format!("st:{{r:{shard}}}:{rule}:b:{digest}"),
+    )
 }
 
 /// The hash tag of a rule key (for grouping the calls of a request by slot).
@@ -377,9 +390,12 @@ mod tests {
 
     #[test]
     fn both_keys_of_a_rule_share_the_rule_key_tag() {
-        let (h, z) = rule("0123abcd", "ip-burst");
-        assert_eq!(hash_tag(&h), "r:0123abcd");
-        assert_eq!(hash_tag(&z), "r:0123abcd");
-        assert_eq!(rule_tag(&h), "r:0123abcd");
+        let (e, b) = rule("0123abcd", "ip-burst", RULE_SHARDS);
+        assert_eq!(e, "st:{r:35}:ip-burst:e:", "0x0123 % 64");
+        assert_eq!(hash_tag(&e), "r:35");
+        assert_eq!(hash_tag(&b), "r:35");
+        assert_eq!(rule_tag(&b), "r:35");
+        assert!(b.ends_with(":b:0123abcd"));
+        assert_eq!(rule("0123abcd", "ip-burst", 1).0, "st:{r:0}:ip-burst:e:");
     }
 }

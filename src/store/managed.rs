@@ -179,6 +179,11 @@ fn spawn(
         .arg(&cfg.appendfsync)
         .arg("--save")
         .arg("")
+        // A rule's epoch hash holds every identity of its epoch; when one
+        // expires (a rule nobody uses any more: rules.lua UNLINKs the old
+        // ones while it is used) it is freed off the main thread.
+        .arg("--lazyfree-lazy-expire")
+        .arg("yes")
         .arg("--daemonize")
         .arg("no")
         .arg("--logfile")

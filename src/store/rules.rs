@@ -23,13 +23,17 @@ pub enum RuleKind {
 /// One rule of one request, ready for the script.
 #[derive(Debug, Clone)]
 pub struct RuleCall {
-    pub hash: String,
-    pub zset: String,
+    /// The prefix of the rule's epoch hashes (`keys::rule`).
+    pub epochs: String,
+    /// The rule key's ban state.
+    pub ban_state: String,
+    /// The rule key's digest: its field in the epoch hashes.
+    pub field: String,
     pub kind: RuleKind,
     pub limit: u64,
     pub window_ms: u64,
     pub enforce: bool,
-    /// The distinct value's pseudonym (kind `Distinct` only).
+    /// The distinct value's digest, hex (kind `Distinct` only).
     pub member: String,
     pub ban_after: u32,
     pub ban_ms: u64,
@@ -89,7 +93,7 @@ const AUDIT_MAX_LEN: usize = 100_000;
 
 fn rule_args(now_ms: i64, mode: &str, calls: &[RuleCall]) -> (Vec<String>, Vec<String>) {
     let mut keys = Vec::with_capacity(calls.len() * 2);
-    let mut args = Vec::with_capacity(3 + calls.len() * 10);
+    let mut args = Vec::with_capacity(3 + calls.len() * 11);
     args.push(mode.to_owned());
     args.push(now_ms.to_string());
     args.push(calls.len().to_string());
@@ -97,12 +101,12 @@ fn rule_args(now_ms: i64, mode: &str, calls: &[RuleCall]) -> (Vec<String>, Vec<S
     (keys, args)
 }
 
-/// Appends each rule's 2 keys and 10 arguments, as `rules_core.lua` takes
+/// Appends each rule's 2 keys and 11 arguments, as `rules_core.lua` takes
 /// them (the rules' own calls and the claim script's rules section).
 pub(super) fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<String>) {
     for c in calls {
-        keys.push(c.hash.clone());
-        keys.push(c.zset.clone());
+        keys.push(c.epochs.clone());
+        keys.push(c.ban_state.clone());
         args.push(
             match c.kind {
                 RuleKind::Requests => "r",
@@ -120,6 +124,7 @@ pub(super) fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: 
         args.push(c.ban_factor.to_string());
         args.push(c.ban_max_ms.to_string());
         args.push(c.decay_ms.to_string());
+        args.push(c.field.clone());
     }
 }
 

@@ -13,11 +13,13 @@ macro_rules! script {
     };
 }
 
-/// A script whose text starts with the rules engine (`rules_core.lua`).
+/// A script whose text starts with the hash cache and the rules engine
+/// (`hcache.lua`, `rules_core.lua`).
 macro_rules! with_rules {
     ($name:ident, $file:literal) => {
         pub static $name: LazyLock<Script> = LazyLock::new(|| {
             Script::new(concat!(
+                include_str!("../../lua/hcache.lua"),
                 include_str!("../../lua/rules_core.lua"),
                 include_str!(concat!("../../lua/", $file))
             ))

@@ -57,6 +57,7 @@ fn call_with_rids(id: &str, now: &str, claims: &[(&str, &str, &str)], cycle: usi
     let k = |s: &str| format!("st:{{{id}}}:{s}");
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(concat!(
+        include_str!("../../lua/hcache.lua"),
         include_str!("../../lua/rules_core.lua"),
         include_str!("../../lua/claim.lua")
     ))
@@ -199,15 +200,17 @@ async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
     crate::single_node_only!("calls the script by hand on one node");
     let redis = crate::helpers::RedisServer::start();
     let mut conn = redis.conn();
+    // At 1,000,000 ms a 60 s window is in epoch 15 (buckets of 6 s, 11 an
+    // epoch): the poisoned rule's current epoch hash is a string.
     let _: () = redis::cmd("SET")
-        .arg("poison")
+        .arg("poison:e:15")
         .arg("x")
         .query(&mut conn)
         .unwrap();
-    let request = |hash: &str| {
-        let keys = vec![hash.to_owned(), format!("{hash}:z")];
+    let request = |rule: &str| {
+        let keys = vec![format!("{rule}:e:"), format!("{rule}:b:f1")];
         let args: Vec<String> = [
-            "check", "1000000", "1", "r", "1", "60000", "1", "", "0", "0", "1", "0", "0",
+            "check", "1000000", "1", "r", "1", "60000", "1", "", "0", "0", "1", "0", "0", "f1",
         ]
         .map(String::from)
         .to_vec();
@@ -216,6 +219,7 @@ async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
     let batch = [request("a"), request("poison"), request("a"), request("b")];
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(concat!(
+        include_str!("../../lua/hcache.lua"),
         include_str!("../../lua/rules_core.lua"),
         include_str!("../../lua/rules.lua")
     ))
@@ -239,6 +243,9 @@ async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
         "the third sees the first's charge: {out:?}"
     );
     assert_eq!(out[3][0], "ok");
-    let poison: String = redis::cmd("GET").arg("poison").query(&mut conn).unwrap();
+    let poison: String = redis::cmd("GET")
+        .arg("poison:e:15")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(poison, "x", "the failed check wrote nothing");
 }

@@ -63,6 +63,54 @@ window = "1m"
     app.stop().await;
 }
 
+/// A rule's counts live in one hash per epoch of 11 buckets
+/// (`lua/rules.lua`): what was counted just before an epoch ended still
+/// counts after it, until its bucket leaves the window.
+#[tokio::test]
+async fn a_rate_window_slides_across_the_epochs_that_hold_its_counts() {
+    use stampede::domain::clock::Clock as _;
+    let (app, _f) = spawn_app_with_rules(
+        "[[rule]]\nname = \"slide\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
+        |_| {},
+    )
+    .await;
+    let c = app.create_campaign(json!({"stock": 100})).await;
+    let ms = |n: i64| time::Duration::milliseconds(n);
+    // A 1 m window has buckets of 6 s, 11 to an epoch of 66 s. Start 2 s
+    // before an epoch ends.
+    let epoch = 66_000;
+    let now = app.clock.now_ms();
+    app.clock
+        .advance(ms((epoch - now.rem_euclid(epoch) - 2_000).rem_euclid(epoch)));
+    let mut n = 0;
+    let mut claim = async || {
+        n += 1;
+        app.claim(&c, &phone(n), &format!("slide-{n}")).await
+    };
+    assert_eq!(claim().await.status(), 201);
+    assert_eq!(claim().await.status(), 201);
+    // The next epoch: the two still count.
+    app.clock.advance(ms(4_000));
+    let third = claim().await;
+    assert_eq!(third.status(), 201);
+    assert!(header(&third, "ratelimit").starts_with(r#""slide";r=0;"#));
+    let refused = claim().await;
+    assert_problem(refused, 429, "limit_exceeded").await;
+    // 59.5 s after the epoch ended, the first two's bucket is still in the
+    // window (an exact log would have let them go 1.5 s before: a bucket
+    // counts at most 6 s, w/10, past the window).
+    app.clock.advance(ms(55_000));
+    assert_problem(claim().await, 429, "limit_exceeded").await;
+    app.clock.advance(ms(2_500));
+    assert_problem(claim().await, 429, "limit_exceeded").await;
+    // 60.5 s after, it left.
+    app.clock.advance(ms(1_000));
+    assert_eq!(claim().await.status(), 201);
+    assert_eq!(claim().await.status(), 201);
+    assert_problem(claim().await, 429, "limit_exceeded").await;
+    app.stop().await;
+}
+
 /// On a single node a claim's rules run in the claim's own script call;
 /// a claim refused before that call (an unknown campaign), or sent under an
 /// Idempotency-Key, runs them on their own. Every way counts the same.
@@ -219,6 +267,67 @@ window = "24h"
     // A day later the window has moved on.
     app.clock.advance(time::Duration::hours(25));
     assert_eq!(app.claim(&c, &phone(7), "farm-1").await.status(), 201);
+    app.stop().await;
+}
+
+/// Rule state takes no key per identity: a rule keeps one hash per epoch
+/// (on a single node), and a rule key gets its own small hash only once it
+/// breaks a rule that bans.
+#[tokio::test]
+async fn rule_state_adds_no_key_per_phone_or_device() {
+    crate::single_node_only!("reads keys by hand");
+    let (app, _f) = spawn_app_with_rules(
+        r#"
+[[rule]]
+name = "farm"
+endpoint = "claim"
+key = ["device"]
+distinct = "phone"
+limit = 3
+window = "24h"
+
+[[rule]]
+name = "rate"
+endpoint = "claim"
+key = ["phone"]
+limit = 5
+window = "1m"
+ban = { after = 1, duration = "10m" }
+"#,
+        |_| {},
+    )
+    .await;
+    let c = app.create_campaign(json!({"stock": 100})).await;
+    for i in 0..40 {
+        assert_eq!(
+            app.claim(&c, &phone(i), &format!("dev-{i}")).await.status(),
+            201
+        );
+    }
+    let mut conn = app.redis().conn();
+    let keys = |conn: &mut redis::Connection| -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("st:{r:*").query(conn).unwrap();
+        keys.sort();
+        keys
+    };
+    let rule_keys = keys(&mut conn);
+    assert_eq!(rule_keys.len(), 2, "one epoch hash a rule: {rule_keys:?}");
+    assert!(rule_keys.iter().all(|k| k.contains(":e:")), "{rule_keys:?}");
+    let fields: usize = redis::cmd("HLEN")
+        .arg(rule_keys.iter().find(|k| k.contains(":rate:")).unwrap())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(fields, 40, "one field a phone");
+    // A phone over `rate` (which bans) gets its ban state, and is banned.
+    let p = phone(0);
+    for i in 0..4 {
+        assert_eq!(app.claim(&c, &p, &format!("again-{i}")).await.status(), 201);
+    }
+    assert_problem(app.claim(&c, &p, "again-5").await, 429, "limit_exceeded").await;
+    let after = keys(&mut conn);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after.iter().filter(|k| k.contains(":rate:b:")).count(), 1);
+    assert_problem(app.claim(&c, &p, "again-6").await, 403, "blocked").await;
     app.stop().await;
 }
 

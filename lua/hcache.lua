@@ -1,0 +1,104 @@
+--[[ hcache.lua: a write-back cache of hash fields for one script call. Not a
+script of its own: store::scripts prepends it (with rules_core.lua) to
+claim.lua and rules.lua. It only defines locals.
+
+Why: a `redis.call` costs about 1 µs here, and a claim with three rules made
+about 20 of them. The requests of a batch share many hashes (a rule's epoch
+hash, the IP's quota bucket, 64 claims' record bucket), so the call reads
+each field once (`hc_get`; `hc_prefetch` reads many fields of one hash with
+one HMGET), keeps every write in the cache (`hc_set`), and `hc_flush` writes
+each hash once at the end (one HSET of all its changed fields, then its
+PEXPIRE if one was asked for).
+
+ATOMICITY: a field is written only after it was read from a hash that
+answered as a hash (or did not exist), or after `hc_hash` checked the key's
+TYPE, so the flush cannot fail. A read that fails (WRONGTYPE) raises
+inside the request that made it (its pcall), before that request changed
+anything; a prefetch that fails marks its hash bad, and each request that
+needs it then fails the same way. Scripts see the cache in the order they
+run their requests, so each request sees the writes of the ones before it.
+]]
+local hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}
+
+-- The field's value (false when absent), read once per call.
+local function hc_get(key, field)
+  local c = hc_vals[key]
+  if c then
+    local v = c[field]
+    if v ~= nil then return v end
+  else
+    c = {}
+    hc_vals[key] = c
+  end
+  if hc_bad[key] then error({err = hc_bad[key]}) end
+  local v = redis.call('HGET', key, field) or false
+  c[field] = v
+  return v
+end
+
+-- Reads `fields` (a list, duplicates allowed) of `key` with one HMGET.
+local function hc_prefetch(key, fields)
+  local c = hc_vals[key]
+  if not c then
+    c = {}
+    hc_vals[key] = c
+  end
+  local want, seen = {}, {}
+  for _, f in ipairs(fields) do
+    if c[f] == nil and not seen[f] then
+      seen[f] = true
+      want[#want + 1] = f
+    end
+  end
+  if #want == 0 or hc_bad[key] then return end
+  local got = redis.pcall('HMGET', key, unpack(want))
+  if got.err then
+    hc_bad[key] = got.err
+    return
+  end
+  for j = 1, #want do c[want[j]] = got[j] or false end
+end
+
+-- Checks once per call that `key` holds a hash or nothing (for fields
+-- written without being read first); raises otherwise.
+local function hc_hash(key)
+  if hc_typed[key] then return end
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. t .. ', expected hash'})
+  end
+  hc_typed[key] = true
+end
+
+-- Sets the field (written by hc_flush); `ttl_ms` (optional) is the
+-- hash's PEXPIRE at the flush.
+local function hc_set(key, field, value, ttl_ms)
+  local c = hc_vals[key]
+  if not c then
+    c = {}
+    hc_vals[key] = c
+  end
+  c[field] = value
+  local d = hc_dirty[key]
+  if not d then
+    d = {}
+    hc_dirty[key] = d
+    hc_order[#hc_order + 1] = key
+  end
+  d[field] = value
+  if ttl_ms then hc_ttl[key] = ttl_ms end
+end
+
+-- Writes every changed hash: one HSET (and one PEXPIRE) each.
+local function hc_flush()
+  for _, key in ipairs(hc_order) do
+    local args = {}
+    for f, v in pairs(hc_dirty[key]) do
+      args[#args + 1] = f
+      args[#args + 1] = v
+    end
+    redis.call('HSET', key, unpack(args))
+    if hc_ttl[key] then redis.call('PEXPIRE', key, hc_ttl[key]) end
+  end
+  hc_order, hc_dirty = {}, {}
+end
