@@ -16,21 +16,28 @@ KEYS (all under the campaign's hash tag, so this runs unchanged on Redis Cluster
   3  outbox      stream  webhook events (campaign.low_stock, campaign.sold_out), written
                          by the claim that crosses the threshold, once each
   4  stats       hash    'rej:<code>' -> refusals, 'm:<minute>' -> claims issued that minute
-  then 4 + 2r per claim (r: its rate rules, ARGV +13), one claim after another:
+  5 .. 4+R       prefix  the call's rule table (ARGV[2] = R): rule j's epoch hashes are
+                         KEYS[4+j] followed by the epoch (rules.lua); a rule key's ban
+                         state is that prefix with 'e:' replaced by 'b:<field>' (built
+                         here, same hash tag). A single node checks a claim's rules in
+                         its claim's call; on Redis Cluster R is 0 (the rules live in
+                         their own slots and go through rules.lua)
+  then 4 per claim, one claim after another:
   +1 q_phone     hash    short pseudonym -> coupons claimed by that phone (this phone's bucket)
   +2 q_device    hash    the same for the device
   +3 q_ip        hash    the same for the IP (/64 for IPv6)
   +4 idem        string  client key ('c'): fingerprint '|' the result's fields joined by '|'
                  hash    server id ('s'): request id -> the result's fields; the hash of the
                          second the call's deadline falls in, expiring 2 s after it
-  +5 .. +4+2r    the claim's rate rules' keys, 2 a rule, as rules.lua takes them (a
-                 single node checks a claim's rules in its claim's call; on Redis
-                 Cluster r is 0: the rules live in their own slots)
 Records are '|'-joined: every field is a number, a base64url pseudonym or a
 fixed word (no field can contain '|'); cjson.encode cost more than the rest.
 ARGV
   1  n                 claims in this call (1..)
-  then 13 + 11r per claim, one claim after another:
+  2  R                 rules in the call's rule table (0..)
+  then 9 a rule of the table: kind limit window_ms enforce ban_after ban_ms
+                       ban_factor ban_max_ms decay_ms (rules.lua's header has them): what
+                       every claim of the call sends the same is sent once
+  then 13 + 3r per claim, one claim after another:
   +1  now_ms           the service's injected clock (windows, records)
   +2  phone            +3 device     +4 ip          (short pseudonyms)
   +5  fingerprint      hash of the request the idempotency key first came with
@@ -46,7 +53,8 @@ ARGV
   +11 request_id       the server request id (field of the idem key in mode 's')
   +12 rid_expire_s     unix second at which the idem key expires in mode 's'
   +13 r                the claim's rate rules (0: none)
-  +14 .. +13+11r       their arguments, 11 a rule, as rules.lua takes them
+  +14 .. +13+3r        3 a rule: its place j in the rule table, the rule key's digest
+                       (its field), the distinct member ('' unless a distinct rule)
 RETURNS one array per claim, in order, of strings. A claim with rules
 (r > 0) starts with its rules' answers, 5 a rule as rules.lua's 'check'
 returns them, and then {'refused'} when an enforced rule refused it (the
@@ -98,19 +106,39 @@ local function int(v)
   return nil
 end
 
-local n = int(ARGV[1])
-if not n or n < 1 then
+local n, R = int(ARGV[1]), int(ARGV[2])
+if not n or n < 1 or not R or R < 0 then
   return redis.error_reply('ERR claim.lua: bad arguments')
 end
--- Each claim's first key and argument (they differ in length by their rules).
-local ks, as = {}, {}
+-- The rule table, parsed once for the call (rules_core.lua).
+local cfgs = {}
+for j = 1, R do
+  local a = 2 + (j - 1) * 9
+  cfgs[j] = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+    ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
+  if not cfgs[j] then return redis.error_reply('ERR claim.lua: bad rule ' .. j) end
+end
+-- Each claim's first key and argument (they differ in length by their
+-- rules), and its rules (rule_spec, rules_core.lua).
+local ks, as, specs = {}, {}, {}
 do
-  local k, a = 4, 1
+  local k, a = 4 + R, 2 + 9 * R
   for i = 1, n do
     local r = int(ARGV[a + 13])
-    if not r or r < 0 then return redis.error_reply('ERR claim.lua: bad arguments') end
-    ks[i], as[i] = k + 1, a + 1
-    k, a = k + 4 + 2 * r, a + 13 + 11 * r
+    if not r or r < 0 or #ARGV < a + 13 + 3 * r then
+      return redis.error_reply('ERR claim.lua: bad arguments')
+    end
+    local list = {}
+    for t = 1, r do
+      local b = a + 13 + 3 * (t - 1)
+      local j, field = int(ARGV[b + 1]), ARGV[b + 2]
+      if not j or not cfgs[j] or #field == 0 then
+        return redis.error_reply('ERR claim.lua: bad arguments')
+      end
+      list[t] = rule_spec(cfgs[j], KEYS[4 + j], field, ARGV[b + 3], false)
+    end
+    ks[i], as[i], specs[i] = k + 1, a + 1, list
+    k, a = k + 4, a + 13 + 3 * r
   end
   if #KEYS ~= k or #ARGV ~= a then
     return redis.error_reply('ERR claim.lua: bad arguments')
@@ -132,14 +160,15 @@ if m[1] and not (stock and issued and void and starts and ends and lp and ld and
   return redis.error_reply('ERR claim.lua: campaign ' .. KEYS[1] .. ' has a corrupt counter')
 end
 local issued_at_start = issued
+local record_prefix = KEYS[2] .. ':'
 local low_fired = m[12] == '1'
 
 -- The batch's rule fields, read at once (hcache.lua, rules_core.lua).
 do
   local reqs = {}
   for i = 1, n do
-    local r, now = int(ARGV[as[i] + 12]), int(ARGV[as[i]])
-    if r > 0 and now then reqs[#reqs + 1] = {now, r, ks[i] + 3, as[i] + 12} end
+    local now = int(ARGV[as[i]])
+    if #specs[i] > 0 and now then reqs[#reqs + 1] = {now, specs[i]} end
   end
   if #reqs > 0 then rules_prefetch(reqs) end
 end
@@ -272,15 +301,19 @@ local function claim(K, A, rule_out)
   end
   local exp_s = '0'
   if valid_ms > 0 then exp_s = tostring(now + valid_ms) end
-  local record = KEYS[2] .. ':' .. floor(serial / 64)
+  -- Numbers are printed once (printing one costs more than a redis.call's
+  -- share here): the serial's text, and small ones through istr/ekey
+  -- (rules_core.lua).
+  local serial_s = tostring(serial)
+  local record = ekey(record_prefix, floor(serial / 64))
   hc_hash(record)
   -- Nothing below can fail: the writes go to the cache (hcache.lua).
-  hc_set(record, tostring(serial % 64), phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
+  hc_set(record, istr(serial % 64), phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
   issued = serial
-  hc_set(KEYS[K], phone, tostring(up + 1))
-  hc_set(KEYS[K + 1], device, tostring(ud + 1))
-  hc_set(KEYS[K + 2], ip, tostring(ui + 1))
-  local result = 'ok|' .. serial .. '|' .. ARGV[A] .. '|' .. exp_s
+  hc_set(KEYS[K], phone, istr(up + 1))
+  hc_set(KEYS[K + 1], device, istr(ud + 1))
+  hc_set(KEYS[K + 2], ip, istr(ui + 1))
+  local result = 'ok|' .. serial_s .. '|' .. ARGV[A] .. '|' .. exp_s
   if client then
     redis.call('SET', idem, fp .. '|' .. result, 'EX', ttl)
   else
@@ -290,7 +323,7 @@ local function claim(K, A, rule_out)
     new[ARGV[A + 10]] = result
     new.expire_at = ARGV[A + 11]
   end
-  local minute = 'm:' .. floor(now / 60000)
+  local minute = floor(now / 60000)
   per_minute[minute] = (per_minute[minute] or 0) + 1
 
   -- 5. Alerts: the claim that crosses a threshold writes its event, once.
@@ -305,7 +338,7 @@ local function claim(K, A, rule_out)
     end
   end
   local out = rule_out
-  out[#out + 1] = 'ok'; out[#out + 1] = tostring(serial); out[#out + 1] = ARGV[A]
+  out[#out + 1] = 'ok'; out[#out + 1] = serial_s; out[#out + 1] = ARGV[A]
   out[#out + 1] = exp_s; out[#out + 1] = '0'
   return out
 end
@@ -313,14 +346,15 @@ end
 -- One claim with its rules: past its deadline nothing is read or written;
 -- then its rules (rules_core.lua, prepended by store::scripts); a refusal
 -- there ends it.
-local function checked(K, A)
+local function checked(K, A, rules)
   local deadline = int(ARGV[A + 9])
   if not deadline then return {'error', 'claim.lua: bad arguments'} end
   if deadline > 0 and time_ms > deadline then return {'late'} end
-  local r = int(ARGV[A + 12])
   local rule_out = {}
-  if r > 0 then
-    rule_out = rules_run('check', int(ARGV[A]), r, K + 3, A + 12)
+  if #rules > 0 then
+    local now = int(ARGV[A])
+    if not now then return {'error', 'claim.lua: bad arguments'} end
+    rule_out = rules_run('check', now, rules)
     if rule_out.err then return {'error', rule_out.err} end
     for j = 1, #rule_out, 5 do
       if rule_out[j] == 'over' then
@@ -334,7 +368,7 @@ end
 
 local out = {}
 for i = 1, n do
-  local ok, res = pcall(checked, ks[i], as[i])
+  local ok, res = pcall(checked, ks[i], as[i], specs[i])
   if not ok then
     local msg = res
     if type(res) == 'table' then msg = res.err or res.message or 'error' end
@@ -358,5 +392,5 @@ end
 
 -- Statistics, summed over the batch: best effort.
 for field, k in pairs(rejected) do redis.pcall('HINCRBY', KEYS[4], field, k) end
-for field, k in pairs(per_minute) do redis.pcall('HINCRBY', KEYS[4], field, k) end
+for minute, k in pairs(per_minute) do redis.pcall('HINCRBY', KEYS[4], 'm:' .. minute, k) end
 return out

@@ -88,49 +88,54 @@ calls on the hot path: they were a third of the script's Redis calls.)
 ]]
 
 -- hcache.lua and rules_core.lua (prepended by store::scripts) define
--- rules_prefetch, rules_run and hc_flush.
+-- rule_specs, rules_prefetch, rules_run and hc_flush.
+local function failed(r)
+  return tostring(type(r) == 'table' and (r.err or r.message) or r)
+end
 if ARGV[1] ~= 'batch' then
-  local n = tonumber(ARGV[3])
-  if not n or #KEYS ~= 2 * n or #ARGV ~= 3 + 11 * n then
+  local n, now = tonumber(ARGV[3]), tonumber(ARGV[2])
+  if not n or not now or #KEYS ~= 2 * n or #ARGV ~= 3 + 11 * n then
     return redis.error_reply('ERR rules.lua: bad arguments')
   end
-  local now = tonumber(ARGV[2])
-  if now then rules_prefetch({{now, n, 0, 3}}) end
-  local ok, r = pcall(rules_run, ARGV[1], now, n, 0, 3)
-  if not ok then
-    return redis.error_reply(tostring(type(r) == 'table' and (r.err or r.message) or r))
-  end
+  local specs, msg = rule_specs(n, 0, 3)
+  if not specs then return redis.error_reply(msg) end
+  rules_prefetch({{now, specs}})
+  local ok, r = pcall(rules_run, ARGV[1], now, specs)
+  if not ok then return redis.error_reply(failed(r)) end
   if r.err then return redis.error_reply(r.err) end
   hc_flush()
   return r
 end
 local n = tonumber(ARGV[2])
 if not n or #ARGV < 2 + 2 * n then return redis.error_reply('ERR rules.lua: bad batch') end
--- Each request's offsets, then one read of every epoch hash for all of them.
-local reqs, starts, k, a = {}, {}, 0, 2 + 2 * n
+-- Each request's rules, then one read of every epoch hash for all of them.
+-- Each request's arguments are 'check', now, n, then 11 a rule.
+local reqs, todo, k, a = {}, {}, 0, 2 + 2 * n
 for i = 1, n do
   local nk, na = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  if nk and na and 2 * na == 6 + 11 * nk and nk % 2 == 0 then
-    -- Each request's arguments are 'check', now, n, then 11 a rule.
-    starts[i] = {k, a}
-    local now, nr = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    if now and nr then reqs[#reqs + 1] = {now, nr, k, a + 3} end
+  local now, nr = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if nk and na and now and nr and 2 * na == 6 + 11 * nk and nk == 2 * nr then
+    local specs, msg = rule_specs(nr, k, a + 3)
+    if specs then
+      todo[i] = {ARGV[a + 1], now, specs}
+      reqs[#reqs + 1] = {now, specs}
+    else
+      todo[i] = msg
+    end
   end
   k, a = k + (nk or 0), a + (na or 0)
 end
 rules_prefetch(reqs)
 local out = {}
 for i = 1, n do
-  local ok, r
-  local at = starts[i]
-  if not at then
-    ok, r = true, {err = 'ERR rules.lua: bad arguments'}
+  local t, ok, r = todo[i], true, nil
+  if type(t) == 'table' then
+    ok, r = pcall(rules_run, t[1], t[2], t[3])
   else
-    local ka, aa = at[1], at[2]
-    ok, r = pcall(rules_run, ARGV[aa + 1], tonumber(ARGV[aa + 2]), tonumber(ARGV[aa + 3]), ka, aa + 3)
+    r = {err = t or 'ERR rules.lua: bad arguments'}
   end
   if not ok then
-    r = {'error', tostring(type(r) == 'table' and (r.err or r.message) or r)}
+    r = {'error', failed(r)}
   elseif r.err then
     r = {'error', r.err}
   end

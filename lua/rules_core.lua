@@ -54,10 +54,45 @@ end
 -- Old epoch hashes this call has dropped already.
 local unlinked = {}
 
--- Reads the fields of the batch's requests (`reqs`: {now, n, K, A} each, as
--- rules_run takes them), one HMGET an epoch hash, and drops the hash of
--- epoch e-3 (UNLINK frees a big one off the main thread; an instance whose
--- clock is an epoch behind still finds the epochs it reads).
+-- A rule's constants, parsed once (nil when they do not parse): from 9
+-- strings, kind limit window_ms enforce ban_after ban_ms ban_factor
+-- ban_max_ms decay_ms (rules.lua's header lists them). Buckets of s ms, P to
+-- an epoch (rules.lua's header has the arithmetic).
+local function rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_max, decay)
+  local c = {
+    kind = kind, limit = tonumber(limit), w = tonumber(w), enforce = enforce == '1',
+    ban_after = tonumber(ban_after), ban_ms = 0, factor = 1, ban_max = 0, decay = 0, s = 1, P = 1,
+  }
+  if not (c.limit and c.w and c.w > 0 and c.ban_after) then return nil end
+  -- The ban's parameters matter only to a rule that bans.
+  if c.ban_after > 0 then
+    c.ban_ms, c.factor = tonumber(ban_ms), tonumber(factor)
+    c.ban_max, c.decay = tonumber(ban_max), tonumber(decay)
+    if not (c.ban_ms and c.factor and c.ban_max and c.decay) then return nil end
+  end
+  c.s = max(1, floor(c.w / 10))
+  c.P = floor(c.w / c.s) + 1
+  return c
+end
+
+-- One rule of one request: its constants, its epoch hashes' prefix, its
+-- rule key's field, its distinct member, and its ban state's key (false:
+-- derived from the prefix, '<...>:e:' -> '<...>:b:<field>', same slot).
+local function rule_spec(cfg, pre, field, member, banh)
+  return {
+    cfg = cfg, pre = pre, field = field, member = member, banh = banh,
+    cur = 0, e = 0, oldest = 0, hcur = false, ttl = 0, vcur = false, count = 0,
+    first = false, present = false, over = false, reset = 0, remaining = 0,
+  }
+end
+
+-- Old epoch hashes this call has dropped already.
+local unlinked = {}
+
+-- Reads the fields of a batch's rules (`reqs`: {now, specs} each), one HMGET
+-- an epoch hash, and drops the hash of epoch e-3 (UNLINK frees a big one
+-- off the main thread; an instance whose clock is an epoch behind still
+-- finds the epochs it reads).
 local function rules_prefetch(reqs)
   local fields, order = {}, {}
   local function want(key, field)
@@ -71,22 +106,16 @@ local function rules_prefetch(reqs)
   end
   for _, q in ipairs(reqs) do
     local now = q[1]
-    for i = 1, q[2] do
-      local a = q[4] + 1 + (i - 1) * 11
-      local w, field = tonumber(ARGV[a + 2]), ARGV[a + 10]
-      local pre = KEYS[q[3] + 2 * i - 1]
-      if w and w > 0 and field and pre then
-        local s = max(1, floor(w / 10))
-        local P = floor(w / s) + 1
-        local e = floor(floor(now / s) / P)
-        want(ekey(pre, e - 1), field)
-        want(ekey(pre, e), field)
-        want(ekey(pre, e + 1), field)
-        local old = ekey(pre, e - 3)
-        if not unlinked[old] then
-          unlinked[old] = true
-          redis.pcall('UNLINK', old)
-        end
+    for _, r in ipairs(q[2]) do
+      local c, pre = r.cfg, r.pre
+      local e = floor(floor(now / c.s) / c.P)
+      want(ekey(pre, e - 1), r.field)
+      want(ekey(pre, e), r.field)
+      want(ekey(pre, e + 1), r.field)
+      local old = ekey(pre, e - 3)
+      if not unlinked[old] then
+        unlinked[old] = true
+        redis.pcall('UNLINK', old)
       end
     end
   end
@@ -127,7 +156,7 @@ local function live_buckets(r)
   for j = -1, 1 do
     local v = hc_get(ekey(r.pre, r.e + j), r.field)
     if v then
-      local base = (r.e + j) * r.P
+      local base = (r.e + j) * r.cfg.P
       for o, c in gmatch(v, '(%d+):(%d+)') do
         local idx = base + tonumber(o)
         if idx >= r.oldest then b[#b + 1] = {idx, tonumber(c)} end
@@ -140,16 +169,17 @@ end
 
 -- Time until `need` counted units have left the window.
 local function free_after(r, need, now)
+  local c = r.cfg
   if need <= 1 then
-    if r.first then return (r.first + 1) * r.s + r.w - now end
-    return r.w
+    if r.first then return (r.first + 1) * c.s + c.w - now end
+    return c.w
   end
   local freed = 0
   for _, b in ipairs(live_buckets(r)) do
     freed = freed + b[2]
-    if freed >= need then return (b[1] + 1) * r.s + r.w - now end
+    if freed >= need then return (b[1] + 1) * c.s + c.w - now end
   end
-  return r.w
+  return c.w
 end
 
 -- The current epoch's value with one more in bucket offset `o`.
@@ -188,57 +218,30 @@ local function add_members(v, seen, since)
   end
 end
 
--- One request's rules: `n` rules whose keys are KEYS[K + 1 .. K + 2n] and
--- whose arguments are ARGV[A + 1 .. A + 11n] (11 a rule, as listed in
--- rules.lua's header), checked (mode 'check') or charged ('settle') at `now`.
--- Offsets rather than slices: a batch copies no table per request.
-local function rules_run(mode, now, n, K, A)
-  if not now or not n or #KEYS < K + 2 * n or #ARGV < A + 11 * n then
-    return err('ERR rules.lua: bad arguments')
-  end
-
-  local rules = {}
+-- One request's rules (`specs`, from rule_spec), checked (mode 'check')
+-- or charged ('settle') at `now`. Returns 5 values a rule (rules.lua's
+-- header), or {err = ...}.
+local function rules_run(mode, now, specs)
+  local n = #specs
   for i = 1, n do
-    local a = A + 1 + (i - 1) * 11
-    local w, limit, ban_after = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 5])
-    local field = ARGV[a + 10]
-    if not (limit and w and w > 0 and ban_after and field and #field > 0) then
-      return err('ERR rules.lua: bad arguments for rule ' .. i)
-    end
-    -- Buckets of s ms, P to an epoch (rules.lua's header has the
-    -- arithmetic); the hashes of epoch x live until epoch x+3 ends (the
-    -- UNLINK in rules_prefetch drops them before, while the rule is used).
-    local s = max(1, floor(w / 10))
-    local P = floor(w / s) + 1
-    local cur = floor(now / s)
-    local e = floor(cur / P)
-    local pre = KEYS[K + 2 * i - 1]
-    -- Every field named here, so the table is sized once.
-    local r = {
-      pre = pre, banh = KEYS[K + 2 * i], field = field, kind = ARGV[a], limit = limit,
-      w = w, enforce = ARGV[a + 3] == '1', member = ARGV[a + 4], ban_after = ban_after,
-      s = s, P = P, cur = cur, e = e, oldest = floor((now - w) / s), hcur = ekey(pre, e),
-      ttl = (e + 4) * P * s - now + 1000, vcur = false, count = 0, first = false,
-      present = false, over = false, reset = 0, remaining = 0,
-    }
-    -- The ban's parameters matter only to a rule that bans.
-    if ban_after > 0 then
-      r.ban_ms, r.factor = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-      r.ban_max, r.decay = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
-      if not (r.ban_ms and r.factor and r.ban_max and r.decay) then
-        return err('ERR rules.lua: bad arguments for rule ' .. i)
-      end
-    end
-    rules[i] = r
+    local r = specs[i]
+    local c = r.cfg
+    -- The hashes of epoch x live until epoch x+3 ends (the UNLINK in
+    -- rules_prefetch drops them before, while the rule is used).
+    r.cur = floor(now / c.s)
+    r.e = floor(r.cur / c.P)
+    r.oldest = floor((now - c.w) / c.s)
+    r.hcur = ekey(r.pre, r.e)
+    r.ttl = (r.e + 4) * c.P * c.s - now + 1000
   end
 
   if mode == 'settle' then
     -- The reads first (a wrong-type hash raises before any write).
     local v = {}
-    for i = 1, n do v[i] = hc_get(rules[i].hcur, rules[i].field) end
+    for i = 1, n do v[i] = hc_get(specs[i].hcur, specs[i].field) end
     for i = 1, n do
-      local r = rules[i]
-      hc_set(r.hcur, r.field, bump(v[i], r.cur - r.e * r.P), r.ttl)
+      local r = specs[i]
+      hc_set(r.hcur, r.field, bump(v[i], r.cur - r.e * r.cfg.P), r.ttl)
     end
     return {'ok'}
   end
@@ -249,14 +252,15 @@ local function rules_run(mode, now, n, K, A)
   -- 1. Read everything.
   local refused = false
   for i = 1, n do
-    local r = rules[i]
+    local r = specs[i]
+    local c = r.cfg
     local field, pre, e = r.field, r.pre, r.e
     local vprev = hc_get(ekey(pre, e - 1), field)
     local vcur = hc_get(r.hcur, field)
     local vnext = hc_get(ekey(pre, e + 1), field)
     r.vcur = vcur
-    if r.kind == 'd' then
-      local seen, since = {}, now - r.w
+    if c.kind == 'd' then
+      local seen, since = {}, now - c.w
       add_members(vprev, seen, since)
       add_members(vcur, seen, since)
       add_members(vnext, seen, since)
@@ -267,28 +271,29 @@ local function rules_run(mode, now, n, K, A)
       end
       r.count = count
       r.present = seen[r.member] ~= nil
-      r.over = (not r.present) and count >= r.limit
-      r.reset = first and (first + r.w - now) or r.w
-      r.remaining = r.limit - count - ((r.present or r.over) and 0 or 1)
+      r.over = (not r.present) and count >= c.limit
+      r.reset = first and (first + c.w - now) or c.w
+      r.remaining = c.limit - count - ((r.present or r.over) and 0 or 1)
     else
-      add_part(r, vprev, (e - 1) * r.P)
-      add_whole(r, vcur, e * r.P)
-      add_whole(r, vnext, (e + 1) * r.P)
+      add_part(r, vprev, (e - 1) * c.P)
+      add_whole(r, vcur, e * c.P)
+      add_whole(r, vnext, (e + 1) * c.P)
       local count = r.count
-      if r.kind == 'r' then
-        r.over = count + 1 > r.limit
-        r.remaining = r.limit - count - 1
+      if c.kind == 'r' then
+        r.over = count + 1 > c.limit
+        r.remaining = c.limit - count - 1
       else
-        r.over = count >= r.limit
-        r.remaining = r.limit - count
+        r.over = count >= c.limit
+        r.remaining = c.limit - count
       end
-      r.reset = free_after(r, r.over and (count + 1 - r.limit) or 1, now)
+      r.reset = free_after(r, r.over and (count + 1 - c.limit) or 1, now)
     end
     if r.remaining < 0 then r.remaining = 0 end
-    if r.over and r.enforce then
+    if r.over and c.enforce then
       refused = true
       -- A violation: its ban state (only a rule that bans keeps one).
-      if r.ban_after > 0 then
+      if c.ban_after > 0 then
+        if not r.banh then r.banh = sub(pre, 1, -3) .. 'b:' .. field end
         local flat = call('HGETALL', r.banh)
         local stale, viol = {}, 0
         r.lvl, r.lvl_end = 0, 0
@@ -310,23 +315,24 @@ local function rules_run(mode, now, n, K, A)
   -- 2. Write.
   local out = {}
   for i = 1, n do
-    local r = rules[i]
+    local r = specs[i]
+    local c = r.cfg
     local status, ban_ms, level = 'ok', 0, 0
-    if r.over then status = r.enforce and 'over' or 'shadow' end
+    if r.over then status = c.enforce and 'over' or 'shadow' end
     if refused then
-      if status == 'over' and r.ban_after > 0 then
+      if status == 'over' and c.ban_after > 0 then
         if #r.vstale > 0 then call('HDEL', r.banh, unpack(r.vstale)) end
         call('HINCRBY', r.banh, 'v' .. r.cur, 1)
-        if r.viol + 1 >= r.ban_after then
+        if r.viol + 1 >= c.ban_after then
           level = r.lvl
-          if r.lvl_end + r.decay < now then level = 0 end
+          if r.lvl_end + c.decay < now then level = 0 end
           level = level + 1
-          ban_ms = r.ban_ms
+          ban_ms = c.ban_ms
           for _ = 2, level do
-            ban_ms = ban_ms * r.factor
-            if r.ban_max > 0 and ban_ms >= r.ban_max then break end
+            ban_ms = ban_ms * c.factor
+            if c.ban_max > 0 and ban_ms >= c.ban_max then break end
           end
-          if r.ban_max > 0 and ban_ms > r.ban_max then ban_ms = r.ban_max end
+          if c.ban_max > 0 and ban_ms > c.ban_max then ban_ms = c.ban_max end
           local forget = {}
           for _, f in ipairs(call('HKEYS', r.banh)) do
             if sub(f, 1, 1) == 'v' then forget[#forget + 1] = f end
@@ -337,12 +343,12 @@ local function rules_run(mode, now, n, K, A)
         -- Keep the violations for their window, and a ban's level while
         -- the next ban still escalates.
         call('PEXPIRE', r.banh,
-          max(r.w + r.s, max(r.lvl_end, now + ban_ms) + r.decay - now) + 1000)
+          max(c.w + c.s, max(r.lvl_end, now + ban_ms) + c.decay - now) + 1000)
       end
     elseif not r.over then
-      if r.kind == 'r' then
-        hc_set(r.hcur, r.field, bump(r.vcur, r.cur - r.e * r.P), r.ttl)
-      elseif r.kind == 'd' then
+      if c.kind == 'r' then
+        hc_set(r.hcur, r.field, bump(r.vcur, r.cur - r.e * c.P), r.ttl)
+      elseif c.kind == 'd' then
         -- This epoch's members, with this one (again) at `now`.
         local v = r.vcur
         if v then
@@ -362,4 +368,25 @@ local function rules_run(mode, now, n, K, A)
     out[#out + 1] = level
   end
   return out
+end
+
+-- The specs of one request's rules in rules.lua's layout: `n` rules whose
+-- keys are KEYS[K + 1 .. K + 2n] and arguments ARGV[A + 1 .. A + 11n];
+-- nil and a message when they do not parse.
+local function rule_specs(n, K, A)
+  if not n or #KEYS < K + 2 * n or #ARGV < A + 11 * n then
+    return nil, 'ERR rules.lua: bad arguments'
+  end
+  local specs = {}
+  for i = 1, n do
+    local a = A + 1 + (i - 1) * 11
+    local cfg = rule_cfg(ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5],
+      ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
+    local field = ARGV[a + 10]
+    if not cfg or not field or #field == 0 then
+      return nil, 'ERR rules.lua: bad arguments for rule ' .. i
+    end
+    specs[i] = rule_spec(cfg, KEYS[K + 2 * i - 1], field, ARGV[a + 4], KEYS[K + 2 * i])
+  end
+  return specs
 end

@@ -8,16 +8,17 @@ use crate::store::Idem;
 use crate::store::batch;
 use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
-use crate::store::rules::{RuleCall, RuleResult, parse_rule_results, push_rule_calls};
+use crate::store::rules::{RuleCall, RuleResult, parse_rule_results};
 use crate::store::scripts;
 
-/// One claim's own keys (quota buckets, idempotency record, its rules'
-/// keys) and arguments, as `claim.lua` takes them, and how to take it back.
+/// One claim's own keys (quota buckets, idempotency record) and arguments,
+/// as `claim.lua` takes them, its rules (sent through the call's rule table,
+/// see [`Store::flush_claims`]), and how to take it back.
 pub(super) struct ClaimCall {
     keys: Vec<String>,
     args: Vec<String>,
-    /// How many rules lead its reply (5 strings each).
-    rules: usize,
+    /// Its rules; as many answers (5 strings each) lead its reply.
+    rules: Vec<RuleCall>,
     void: Option<VoidClaim>,
 }
 
@@ -167,10 +168,10 @@ impl Store {
             rids: idem_key.clone(),
             rid: rid.to_owned(),
         });
-        let mut call_keys = Vec::with_capacity(4 + 2 * rules.len());
+        let mut call_keys = Vec::with_capacity(4);
         call_keys.extend(quotas);
         call_keys.push(idem_key);
-        let mut args = Vec::with_capacity(13 + 11 * rules.len());
+        let mut args = Vec::with_capacity(13);
         args.extend([
             now_ms.to_string(),
             phone,
@@ -186,11 +187,10 @@ impl Store {
             (rid_second + 2).to_string(),
             rules.len().to_string(),
         ]);
-        push_rule_calls(rules, &mut call_keys, &mut args);
         let call = ClaimCall {
             keys: call_keys,
             args,
-            rules: rules.len(),
+            rules: rules.to_vec(),
             void,
         };
         let lane = keys.meta();
@@ -284,19 +284,50 @@ impl Store {
     /// every claim of the call uses (meta first: it names the lane).
     async fn flush_claims(self, shared: [String; 4]) {
         while let Some(batch) = self.claims.take(&shared[0]) {
+            // The call's rule table: each distinct rule once (its prefix
+            // as a key, its constants as 9 arguments); a claim names its
+            // rules by their place in it, with its field and member.
+            let mut table: Vec<&RuleCall> = Vec::new();
+            let places: Vec<Vec<usize>> = batch
+                .iter()
+                .map(|q| {
+                    q.call
+                        .rules
+                        .iter()
+                        .map(|r| match table.iter().position(|t| t.same_rule(r)) {
+                            Some(j) => j + 1,
+                            None => {
+                                table.push(r);
+                                table.len()
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
             let mut inv = scripts::CLAIM.prepare_invoke();
             for k in &shared {
                 inv.key(k);
+            }
+            for r in &table {
+                inv.key(&r.epochs);
             }
             for q in &batch {
                 for k in &q.call.keys {
                     inv.key(k);
                 }
             }
-            inv.arg(batch.len());
-            for q in &batch {
+            inv.arg(batch.len()).arg(table.len());
+            for r in &table {
+                for c in r.constants() {
+                    inv.arg(c);
+                }
+            }
+            for (q, places) in batch.iter().zip(&places) {
                 for a in &q.call.args {
                     inv.arg(a);
+                }
+                for (r, j) in q.call.rules.iter().zip(places) {
+                    inv.arg(*j).arg(&r.field).arg(&r.member);
                 }
             }
             let mut conn = self.conn();
@@ -327,14 +358,14 @@ impl Store {
             for (q, reply) in batch.into_iter().zip(replies) {
                 if unreplicated {
                     if let Ok(r) = reply {
-                        self.take_back(q.call.rules, q.call.void, &r);
+                        self.take_back(q.call.rules.len(), q.call.void, &r);
                     }
                     let _ = q.reply.send(Err(unreplicated_error()));
                     continue;
                 }
                 // Sending fails only when the caller stopped waiting (503).
                 if let Err(Ok(late)) = q.reply.send(reply) {
-                    self.take_back(q.call.rules, q.call.void, &late);
+                    self.take_back(q.call.rules.len(), q.call.void, &late);
                 }
             }
         }

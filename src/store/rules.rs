@@ -101,30 +101,63 @@ fn rule_args(now_ms: i64, mode: &str, calls: &[RuleCall]) -> (Vec<String>, Vec<S
     (keys, args)
 }
 
-/// Appends each rule's 2 keys and 11 arguments, as `rules_core.lua` takes
-/// them (the rules' own calls and the claim script's rules section).
-pub(super) fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<String>) {
-    for c in calls {
-        keys.push(c.epochs.clone());
-        keys.push(c.ban_state.clone());
-        args.push(
-            match c.kind {
+impl RuleCall {
+    /// The rule's constants, as `claim.lua`'s rule table takes them (9:
+    /// kind limit window enforce ban_after ban_ms ban_factor ban_max decay).
+    pub(super) fn constants(&self) -> [String; 9] {
+        [
+            match self.kind {
                 RuleKind::Requests => "r",
                 RuleKind::Outcomes => "o",
                 RuleKind::Distinct => "d",
             }
             .to_owned(),
-        );
-        args.push(c.limit.to_string());
-        args.push(c.window_ms.to_string());
-        args.push(if c.enforce { "1" } else { "0" }.to_owned());
-        args.push(c.member.clone());
-        args.push(c.ban_after.to_string());
-        args.push(c.ban_ms.to_string());
-        args.push(c.ban_factor.to_string());
-        args.push(c.ban_max_ms.to_string());
-        args.push(c.decay_ms.to_string());
-        args.push(c.field.clone());
+            self.limit.to_string(),
+            self.window_ms.to_string(),
+            if self.enforce { "1" } else { "0" }.to_owned(),
+            self.ban_after.to_string(),
+            self.ban_ms.to_string(),
+            self.ban_factor.to_string(),
+            self.ban_max_ms.to_string(),
+            self.decay_ms.to_string(),
+        ]
+    }
+
+    /// Whether `other` is the same rule (same epoch hashes and constants):
+    /// one entry of a claim call's rule table.
+    pub(super) fn same_rule(&self, other: &RuleCall) -> bool {
+        self.epochs == other.epochs
+            && self.kind == other.kind
+            && self.limit == other.limit
+            && self.window_ms == other.window_ms
+            && self.enforce == other.enforce
+            && self.ban_after == other.ban_after
+            && self.ban_ms == other.ban_ms
+            && self.ban_factor == other.ban_factor
+            && self.ban_max_ms == other.ban_max_ms
+            && self.decay_ms == other.decay_ms
+    }
+}
+
+/// Appends each rule's 2 keys and 11 arguments, as `rules_core.lua` takes
+/// them (the rules' own calls and the claim script's rules section).
+fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<String>) {
+    for c in calls {
+        keys.push(c.epochs.clone());
+        keys.push(c.ban_state.clone());
+        let [
+            kind,
+            limit,
+            window,
+            enforce,
+            ban_after,
+            ban_ms,
+            factor,
+            ban_max,
+            decay,
+        ] = c.constants();
+        args.extend([kind, limit, window, enforce, c.member.clone()]);
+        args.extend([ban_after, ban_ms, factor, ban_max, decay, c.field.clone()]);
     }
 }
 

@@ -72,7 +72,8 @@ fn call_with_rids(id: &str, now: &str, claims: &[(&str, &str, &str)], cycle: usi
             .arg(k("q:i:0"))
             .arg(k("rid:1"));
     }
-    cmd.arg(claims.len());
+    // n claims, an empty rule table.
+    cmd.arg(claims.len()).arg(0);
     for (i, (phone, _, device)) in claims.iter().enumerate() {
         cmd.arg(now)
             .arg(*phone)
