@@ -1,6 +1,6 @@
 //! A local Redis Cluster for tests: three masters (`redis-server
 //! --cluster-enabled yes`, AOF on) on loopback ports whose cluster-bus ports
-//! (+10000) are free too, joined with `redis-cli --cluster create`, and
+//! (+6500, `--cluster-port`) are free too, joined with `redis-cli --cluster create`, and
 //! killed on drop (even when the test panics).
 
 use std::net::TcpListener;
@@ -23,15 +23,24 @@ impl Drop for RedisCluster {
     }
 }
 
-/// A port whose cluster-bus port (+10000) is free as well.
+/// A node's cluster-bus port: its port plus this (`--cluster-port`).
+const BUS_OFFSET: u16 = 6_500;
+
+/// A port whose cluster-bus port is free as well. Both stay below the
+/// kernel's ephemeral range (32768..): a port found free there can be taken
+/// by any outgoing connection before the node binds it (a node that could
+/// not bind never answered: "node … not ready").
 fn cluster_port(taken: &[u16]) -> u16 {
     for _ in 0..1000 {
-        let p = 20_000 + (rand_u16() % 20_000);
-        if taken.contains(&p) {
+        let p = 20_000 + (rand_u16() % 6_000);
+        if taken
+            .iter()
+            .any(|t| *t == p || *t + BUS_OFFSET == p || p + BUS_OFFSET == *t)
+        {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + BUS_OFFSET)).is_ok()
         {
             return p;
         }
@@ -122,6 +131,7 @@ impl RedisCluster {
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", "3000"])
+            .args(["--cluster-port", &(p + BUS_OFFSET).to_string()])
             .args([
                 "--appendonly",
                 "yes",
