@@ -20,29 +20,30 @@ run their requests, so each request sees the writes of the ones before it.
 ]]
 local hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}
 
+-- t[k], made an empty table first when absent.
+local function sub_table(t, k)
+  local s = t[k]
+  if not s then
+    s = {}
+    t[k] = s
+  end
+  return s
+end
+
 -- The field's value (false when absent), read once per call.
 local function hc_get(key, field)
-  local c = hc_vals[key]
-  if c then
-    local v = c[field]
-    if v ~= nil then return v end
-  else
-    c = {}
-    hc_vals[key] = c
-  end
+  local c = sub_table(hc_vals, key)
+  local v = c[field]
+  if v ~= nil then return v end
   if hc_bad[key] then error({err = hc_bad[key]}) end
-  local v = redis.call('HGET', key, field) or false
+  v = redis.call('HGET', key, field) or false
   c[field] = v
   return v
 end
 
 -- Reads `fields` (a list, duplicates allowed) of `key` with one HMGET.
 local function hc_prefetch(key, fields)
-  local c = hc_vals[key]
-  if not c then
-    c = {}
-    hc_vals[key] = c
-  end
+  local c = sub_table(hc_vals, key)
   local want, seen = {}, {}
   for _, f in ipairs(fields) do
     if c[f] == nil and not seen[f] then
@@ -73,12 +74,7 @@ end
 -- Sets the field (written by hc_flush); `ttl_ms` (optional) is the
 -- hash's PEXPIRE at the flush.
 local function hc_set(key, field, value, ttl_ms)
-  local c = hc_vals[key]
-  if not c then
-    c = {}
-    hc_vals[key] = c
-  end
-  c[field] = value
+  sub_table(hc_vals, key)[field] = value
   local d = hc_dirty[key]
   if not d then
     d = {}

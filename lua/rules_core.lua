@@ -38,11 +38,7 @@ end
 -- The name of epoch `e`'s hash of the rule whose prefix is `pre`.
 local ekeys = {}
 local function ekey(pre, e)
-  local t = ekeys[pre]
-  if not t then
-    t = {}
-    ekeys[pre] = t
-  end
+  local t = sub_table(ekeys, pre)
   local k = t[e]
   if not k then
     k = pre .. tostring(e)

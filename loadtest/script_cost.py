@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Redis time of the claim script per claim, without the service.
+
+    pip install redis
+    python3 loadtest/script_cost.py [--rules] [--batch 30] [--calls 400] [--buckets 4096] [--aof]
+
+Starts its own redis-server on a free loopback port (killed at the end),
+loads hcache.lua + rules_core.lua + claim.lua as store::scripts does, and
+sends `--calls` batches of `--batch` claims (a new phone and device each, as
+loadtest/claim.lua sends them; with --rules, the three rules of
+loadtest/limits-3rules.toml in the call's rule table). A warm-up of the same
+size runs first. Prints EVALSHA's own time (INFO commandstats) divided by the
+claims: the script's cost alone, with no HTTP, no network and no other
+process on the Redis thread. `--buckets` is the number of quota buckets the
+claims spread over (the service uses the next power of two of stock / 16,
+at most 65,536). Every claim must be issued; the script checks it.
+"""
+import argparse
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import redis
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lua")
+RULES = [  # loadtest/limits-3rules.toml, as the service sends it
+    ("st:{r:0}:ip-burst:e:", ["r", "100000000", "60000", "1", "0", "0", "1", "31536000000", "0"]),
+    ("st:{r:0}:device-farm:e:", ["d", "3", "86400000", "1", "0", "0", "1", "31536000000", "0"]),
+    ("st:{r:0}:phone-rate:e:", ["r", "5", "60000", "1", "0", "0", "1", "31536000000", "0"]),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hex16():
+    return os.urandom(8).hex()
+
+
+def b64():
+    return base64.urlsafe_b64encode(os.urandom(12)).decode().rstrip("=")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rules", action="store_true")
+    ap.add_argument("--batch", type=int, default=30)
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--buckets", type=int, default=4096)
+    ap.add_argument("--aof", action="store_true", help="appendonly yes, appendfsync everysec")
+    a = ap.parse_args()
+    port, work = free_port(), tempfile.mkdtemp()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes" if a.aof else "no", "--dir", work],
+        stdout=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(50):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        r.hset("st:{bench}:meta", mapping={
+            "state": "active", "stock": 4_000_000_000, "issued": 0, "starts_ms": 0,
+            "ends_ms": 0, "per_phone": 1, "per_device": 1, "per_ip": 0, "valid_ms": 0,
+            "rollout": 100, "low_at": -1})
+        text = "".join(open(os.path.join(ROOT, f)).read()
+                       for f in ("hcache.lua", "rules_core.lua", "claim.lua"))
+        sha = r.script_load(text)
+        table = RULES if a.rules else []
+        run, seq, ip = hex16(), [0], hex16()
+
+        def claim(now):
+            seq[0] += 1
+            keys = [f"st:{{bench}}:q:p:{int.from_bytes(os.urandom(4), 'big') % a.buckets}",
+                    f"st:{{bench}}:q:d:{int.from_bytes(os.urandom(4), 'big') % a.buckets}",
+                    "st:{bench}:q:i:0", "st:{bench}:rid:0"]
+            args = [str(now), b64(), b64(), "ipipipipipipipip", os.urandom(16).hex(), "86400",
+                    "s", "5", "", "0", f"{run}-{seq[0]}", str(int(time.time()) + 600),
+                    str(len(table))]
+            if table:
+                args += ["1", ip, "", "2", hex16(), hex16(), "3", hex16(), ""]
+            return keys, args
+
+        def batches(calls):
+            for c in range(calls):
+                now = int(time.time() * 1000)
+                keys = ["st:{bench}:meta", "st:{bench}:cl", "st:{bench}:outbox",
+                        "st:{bench}:stats"] + [p for p, _ in table]
+                args = [str(a.batch), str(len(table))] + [x for _, cs in table for x in cs]
+                ck, ca = [], []
+                for _ in range(a.batch):
+                    k, v = claim(now)
+                    ck += k
+                    ca += v
+                out = r.evalsha(sha, len(keys) + len(ck), *keys, *ck, *args, *ca)
+                bad = [o for o in out if o[-5] != b"ok"]  # the claim's answer: ok serial ms exp replay
+                if bad:
+                    sys.exit(f"not issued: {bad[:2]}")
+
+        def usec():
+            s = r.info("commandstats").get("cmdstat_evalsha", {})
+            return s.get("usec", 0)
+
+        batches(a.calls)  # warm-up: the buckets and rule hashes exist
+        u0 = usec()
+        batches(a.calls)
+        per = (usec() - u0) / (a.calls * a.batch)
+        print(f"{'3 rules' if a.rules else 'no rules'}: {per:.2f} us of script a claim "
+              f"(batches of {a.batch}, {a.buckets} quota buckets, AOF {'on' if a.aof else 'off'})")
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
