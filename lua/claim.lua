@@ -1,8 +1,9 @@
 --[[ claim.lua: issue coupons to a batch of claims on one campaign, each
-checked and charged atomically, or refused with nothing charged.
+checked and charged atomically, or refused with no stock and no quota
+charged (rate rules count requests: see ATOMICITY).
 
-The service coalesces the claims that arrive while the campaign's previous
-call is in flight into one call (store::batch): the script runs the claims
+The service coalesces the claims that arrive while the campaign's calls
+are in flight into one call (store::batch): the script runs the claims
 one after another, so each sees every charge of the claims before it, and
 answers each on its own. A batch of one is the plain single claim.
 
@@ -62,7 +63,8 @@ claim was not tried: nothing of it was charged, nor were its rules), else
 the claim's answer below. Then (without a rules prefix for 'late' and
 'error') the last element is '1' for a replay, else '0':
   {'ok', serial, claimed_ms, expires_ms (0: never), replay}
-  {'late'}                                     past the deadline: nothing read, nothing written
+  {'late'}                                     past the deadline: nothing of it read or written
+                                               (its rules' fields were read with the batch's)
   {'not_found', '0'}                           no such campaign (never recorded)
   {'not_active', state|'ended', replay}
   {'not_active', 'scheduled', starts_ms, replay}  before the start (service clock)
@@ -71,29 +73,32 @@ the claim's answer below. Then (without a rules prefix for 'late' and
   {'limit', 'per_phone'|'per_device'|'per_ip', replay}
   {'reused'}                                   same idempotency key, other request
   {'error', message}                           this claim's keys failed (wrong type,
-                                               corrupt counter): it charged nothing
+                                               corrupt counter): it charged no stock and no
+                                               quota (its rules, when they passed, count it)
 A bad argument or a corrupt campaign record fails the whole call (an error
 reply) before anything is written.
 
 ATOMICITY: Redis does not roll back a script that fails half-way, so within
 each claim every read and check comes before that claim's first write, and
 each claim runs under pcall: a claim whose key raises (WRONGTYPE on a read)
-has written nothing, is answered {'error', ...} and the next claim runs. A
-claim's rules are checked first (rules_core.lua: all reads before its
-writes); a refusal there ends the claim. The quota buckets and the
-idempotency key are read next. The first write of the claim proper is the
-claim record (HSET): a wrong-type bucket fails there, before anything
-changed. The outbox is type-checked before any write, and only when this
-claim will write to it. The counters after it are written as values (HSET
-of the count read plus one), so no stored spelling of a number can make
-them fail. The server request ids of the batch are read at once (one HMGET
+has written nothing of the claim proper, is answered {'error', ...} and
+the next claim runs. A claim's rules are checked first (rules_core.lua: all
+reads before its writes); a refusal there ends the claim. Rules count
+requests: a claim they passed stays counted whatever the claim proper
+answers. The quota buckets and the idempotency key are read next (through
+hcache.lua); the claim record's bucket is type-checked (hc_hash) and the
+outbox too, only when this claim will write to it, before the claim's first
+write. The record and the counters are then written into the cache, and
+once for the whole batch at its end (hc_flush: keys read or type-checked,
+so it cannot fail); the counters as values (the count read plus one), so no
+stored spelling of a number can make them fail. The server request ids of the batch are read at once (one HMGET
 per hash, before any claim runs) and written at once at the end, with
 `issued` (HSET: only this script writes it, and it was read at the start);
 neither write can fail, and a script's effects reach the AOF and replicas
 as one MULTI/EXEC, so no crash can keep the claims and lose those. The
 statistics (refusals, claims per minute) are summed over the batch and
 written last, best effort (pcall). A refusal writes only a client key's
-record: it charges nothing.
+record: it charges no stock and no quota.
 ]]
 
 local tonumber, tostring, floor = tonumber, tostring, math.floor

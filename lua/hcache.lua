@@ -13,9 +13,11 @@ PEXPIRE if one was asked for).
 ATOMICITY: a field is written only after it was read from a hash that
 answered as a hash (or did not exist), or after `hc_hash` checked the key's
 TYPE, so the flush cannot fail. A read that fails (WRONGTYPE) raises
-inside the request that made it (its pcall), before that request changed
-anything; a prefetch that fails marks its hash bad, and each request that
-needs it then fails the same way. Scripts see the cache in the order they
+inside the request that made it (its pcall), before that step of the
+request wrote anything (in claim.lua, the rules a claim passed stay
+charged, as they did when they were written at once); a prefetch that
+fails marks its hash bad, and each request that needs it then fails the
+same way. Scripts see the cache in the order they
 run their requests, so each request sees the writes of the ones before it.
 ]]
 local hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}

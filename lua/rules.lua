@@ -29,11 +29,17 @@ bucket of epoch e) and e-2 none (bucket (e-1)P - 1 < floor((now - w)/s)
 for every now in epoch e), so only epoch e-1's value is cut at the
 window's start. Epoch e+1 is read for an instance whose clock runs ahead.
 A batch reads each epoch hash with one HMGET and writes it with one HSET
-(hcache.lua). While a rule is used, the hash of epoch e-3 is UNLINKed (a
-big hash is freed off the main thread); each hash also expires when epoch
-x+3 ends, for a rule nobody uses any more. A new identity thus costs a
-field in a hash that exists already, not a key with its own TTL: the
-keyspace (and Redis's expiry work) no longer grows with the identities.
+(hcache.lua). An epoch hash is kept three epochs past its own, so a
+request whose clock is up to two epochs behind (another instance's, or a
+check that waited in a queue) still reads every live bucket; while a rule
+is used, the hash of epoch e-4 (e the oldest epoch of the batch) is
+UNLINKed (a big hash is freed off the main thread), and each hash also
+expires when epoch x+4 ends, for a rule nobody uses any more. A rule thus
+holds what 4-5 epochs (4.4-5.5 windows) saw. A new identity costs a field
+in a hash that exists already, not a key with its own TTL: the keyspace
+(and Redis's expiry work) no longer grows with the identities. (The keys
+of the layout before it, one per identity, are not read: a deploy starts
+every rate window and ban escalation afresh.)
 Bans keep their state in a small hash per rule key (violations 'v<bucket>',
 'lvl' bans started in a row, 'lvl_end' when the last one ends), read and
 written only when a request is over a rule that bans.
@@ -79,12 +85,15 @@ call; it adds one violation to each rule it was over, and a rule whose
 violations reach ban_after starts a ban (its length escalates: ban_ms *
 factor^(level-1), capped by ban_max_ms) and forgets its violations.
 
-ATOMICITY: in 'check' mode every key a rule writes is read first (HGET of
-its epoch hashes, HGETALL of its ban state: a wrong-type key raises
-WRONGTYPE there, before the first write), so a failing call changed nothing;
-the writes that follow (HSET, HINCRBY, HDEL, PEXPIRE) touch only keys of the
-right type and values this script wrote itself, so none of them can fail. 'settle' only writes, so it checks every TYPE first. (No TYPE
-calls on the hot path: they were a third of the script's Redis calls.)
+ATOMICITY: every key a rule writes is read first (its epoch hashes by the
+batch's HMGET, through hcache.lua, its ban state by HGETALL: a wrong-type
+key raises WRONGTYPE there, in that request, before any write of it), and
+the epoch hashes are written once, at the end of the call (hc_flush), so a
+failing request changed nothing but the UNLINK of an epoch hash no request
+reads any more; the writes touch only keys of the right type and values
+this script wrote itself, so none of them can fail. 'settle' reads the
+current epoch's field the same way before it charges. (No TYPE calls on
+the hot path: they were a third of the script's Redis calls.)
 ]]
 
 -- hcache.lua and rules_core.lua (prepended by store::scripts) define

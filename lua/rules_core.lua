@@ -47,9 +47,6 @@ local function ekey(pre, e)
   return k
 end
 
--- Old epoch hashes this call has dropped already.
-local unlinked = {}
-
 -- A rule's constants, parsed once (nil when they do not parse): from 9
 -- strings, kind limit window_ms enforce ban_after ban_ms ban_factor
 -- ban_max_ms decay_ms (rules.lua's header lists them). Buckets of s ms, P to
@@ -82,15 +79,20 @@ local function rule_spec(cfg, pre, field, member, banh)
   }
 end
 
--- Old epoch hashes this call has dropped already.
-local unlinked = {}
+-- How many epochs an epoch hash outlives its own: it is read as the
+-- previous one during the next epoch, and kept two more for a request
+-- whose clock is behind (another instance's, or a check that waited in a
+-- batch's queue): up to two epochs (2.2 windows) of skew read every live
+-- bucket.
+local KEEP_EPOCHS = 3
 
 -- Reads the fields of a batch's rules (`reqs`: {now, specs} each), one HMGET
--- an epoch hash, and drops the hash of epoch e-3 (UNLINK frees a big one
--- off the main thread; an instance whose clock is an epoch behind still
--- finds the epochs it reads).
+-- an epoch hash. Then, per rule, drops the hash KEEP_EPOCHS + 1 epochs
+-- before the oldest epoch a request of the batch is in (UNLINK frees a big
+-- one off the main thread; the TTL set in rules_run only frees the hashes
+-- of a rule nobody uses any more).
 local function rules_prefetch(reqs)
-  local fields, order = {}, {}
+  local fields, order, oldest = {}, {}, {}
   local function want(key, field)
     local f = fields[key]
     if not f then
@@ -108,13 +110,10 @@ local function rules_prefetch(reqs)
       want(ekey(pre, e - 1), r.field)
       want(ekey(pre, e), r.field)
       want(ekey(pre, e + 1), r.field)
-      local old = ekey(pre, e - 3)
-      if not unlinked[old] then
-        unlinked[old] = true
-        redis.pcall('UNLINK', old)
-      end
+      if not oldest[pre] or e < oldest[pre] then oldest[pre] = e end
     end
   end
+  for pre, e in pairs(oldest) do redis.pcall('UNLINK', ekey(pre, e - KEEP_EPOCHS - 1)) end
   for _, key in ipairs(order) do hc_prefetch(key, fields[key]) end
 end
 
@@ -222,13 +221,13 @@ local function rules_run(mode, now, specs)
   for i = 1, n do
     local r = specs[i]
     local c = r.cfg
-    -- The hashes of epoch x live until epoch x+3 ends (the UNLINK in
-    -- rules_prefetch drops them before, while the rule is used).
+    -- The hash of epoch x lives until epoch x + 1 + KEEP_EPOCHS ends (the
+    -- UNLINK in rules_prefetch drops it after that, while the rule is used).
     r.cur = floor(now / c.s)
     r.e = floor(r.cur / c.P)
     r.oldest = floor((now - c.w) / c.s)
     r.hcur = ekey(r.pre, r.e)
-    r.ttl = (r.e + 4) * c.P * c.s - now + 1000
+    r.ttl = (r.e + 2 + KEEP_EPOCHS) * c.P * c.s - now + 1000
   end
 
   if mode == 'settle' then

@@ -4,7 +4,7 @@
 //!
 //! Nothing waits for a batch to fill: a claim on an idle campaign goes out
 //! at once (a batch of one), so a quiet service pays no latency for this.
-//! Under a flash sale the calls queue behind the one in flight and leave in
+//! Under a flash sale the calls queue behind the ones in flight and leave in
 //! batches of up to [`MAX_BATCH`], which spreads Redis's per-command cost
 //! (the read, the EVALSHA dispatch, the reply) and this process's hop to the
 //! Redis runtime over the whole batch. The script runs the claims one after

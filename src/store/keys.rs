@@ -47,7 +47,7 @@
 //!   8..16 entries);
 //! - claim records into buckets of 64 serials (`cl:<serial / 64>`). The
 //!   claim script picks that bucket from the serial it hands out, so its key
-//!   is built in the script from `KEYS[5]` plus `:<serial / 64>`: same hash
+//!   is built in the script from `KEYS[2]` plus `:<serial / 64>`: same hash
 //!   tag, same slot, so it runs unchanged on Redis Cluster.
 //!
 //! Pseudonyms inside a campaign are [`short`]: 96 bits in 16 base64url

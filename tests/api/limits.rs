@@ -111,6 +111,42 @@ async fn a_rate_window_slides_across_the_epochs_that_hold_its_counts() {
     app.stop().await;
 }
 
+/// An instance whose clock is up to two epochs behind another's still reads
+/// every bucket it counts: the one ahead drops only older epoch hashes.
+#[tokio::test]
+async fn an_instance_two_epochs_behind_another_still_counts_its_window() {
+    crate::single_node_only!("two instances share one Redis by hand");
+    use stampede::domain::clock::{Clock as _, from_ms};
+    let file = RulesFile::new(
+        "[[rule]]\nname = \"skew\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
+    );
+    let path = file.path.clone();
+    let a = spawn_app_with(|s| s.limits_file = Some(path.clone())).await;
+    let mut settings = test_settings(Some(a.redis().url()));
+    settings.limits_file = Some(path);
+    let b = spawn_with_settings(settings).await;
+    let c = a.create_campaign(json!({"stock": 50})).await;
+    let ms = |n: i64| time::Duration::milliseconds(n);
+    // Epochs of 66 s (a 1 m window). `a` fills the rule 2 s before epoch
+    // e ends.
+    let epoch = 66_000;
+    let now = a.clock.now_ms();
+    a.clock
+        .advance(ms((epoch - now.rem_euclid(epoch) - 2_000).rem_euclid(epoch)));
+    for i in 0..3 {
+        assert_eq!(a.claim(&c, &phone(i), &format!("a{i}")).await.status(), 201);
+    }
+    // `b` runs in epoch e+3: its window is empty, and its call drops old
+    // epoch hashes.
+    b.clock.set(from_ms(a.clock.now_ms() + 2 * epoch + 3_000));
+    assert_eq!(b.claim(&c, &phone(10), "b0").await.status(), 201);
+    // `a`, 4 s on (epoch e+1), still counts its three of epoch e.
+    a.clock.advance(ms(4_000));
+    assert_problem(a.claim(&c, &phone(11), "a3").await, 429, "limit_exceeded").await;
+    b.stop().await;
+    a.stop().await;
+}
+
 /// On a single node a claim's rules run in the claim's own script call;
 /// a claim refused before that call (an unknown campaign), or sent under an
 /// Idempotency-Key, runs them on their own. Every way counts the same.
