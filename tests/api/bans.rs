@@ -254,13 +254,10 @@ async fn a_successes_rule_overshoots_by_at_most_the_requests_in_flight() {
 #[tokio::test]
 async fn rule_state_and_bans_are_shared_by_every_instance() {
     crate::single_node_only!("two instances share one Redis by hand");
-    let file =
-        RulesFile::new("[[rule]]\nname = \"shared\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1h\"\n");
-    let path = file.path.clone();
-    let a = spawn_app_with(|s| s.limits_file = Some(path.clone())).await;
-    let mut settings = test_settings(Some(a.redis().url()));
-    settings.limits_file = Some(path);
-    let b = spawn_with_settings(settings).await;
+    let (a, b, _file) = spawn_two_apps_with_rules(
+        "[[rule]]\nname = \"shared\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1h\"\n",
+    )
+    .await;
     let c = a.create_campaign(json!({"stock": 50})).await;
     assert_eq!(a.claim(&c, &phone(1), "d1").await.status(), 201);
     assert_eq!(b.claim(&c, &phone(2), "d2").await.status(), 201);

@@ -389,6 +389,16 @@ pub async fn spawn_app_with_rules(
     (app, file)
 }
 
+/// Two instances of the service with one rules file, sharing the first
+/// one's private Redis (each with its own clock).
+pub async fn spawn_two_apps_with_rules(rules: &str) -> (TestApp, TestApp, RulesFile) {
+    let (a, file) = spawn_app_with_rules(rules, |_| {}).await;
+    let mut settings = test_settings(Some(a.redis().url()));
+    settings.limits_file = Some(file.path.clone());
+    let b = spawn_with_settings(settings).await;
+    (a, b, file)
+}
+
 impl TestApp {
     /// A claim sent as if through a proxy, from `forwarded_for`.
     pub async fn claim_from(

@@ -117,14 +117,10 @@ async fn a_rate_window_slides_across_the_epochs_that_hold_its_counts() {
 async fn an_instance_two_epochs_behind_another_still_counts_its_window() {
     crate::single_node_only!("two instances share one Redis by hand");
     use stampede::domain::clock::{Clock as _, from_ms};
-    let file = RulesFile::new(
+    let (a, b, _file) = spawn_two_apps_with_rules(
         "[[rule]]\nname = \"skew\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
-    );
-    let path = file.path.clone();
-    let a = spawn_app_with(|s| s.limits_file = Some(path.clone())).await;
-    let mut settings = test_settings(Some(a.redis().url()));
-    settings.limits_file = Some(path);
-    let b = spawn_with_settings(settings).await;
+    )
+    .await;
     let c = a.create_campaign(json!({"stock": 50})).await;
     let ms = |n: i64| time::Duration::milliseconds(n);
     // Epochs of 66 s (a 1 m window). `a` fills the rule 2 s before epoch
