@@ -261,10 +261,33 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok()
-                .inspect(|_| register_zero_series())
+                .inspect(|handle| {
+                    register_zero_series();
+                    spawn_upkeep(handle.clone());
+                })
         })
         .clone()
 }
+
+/// `install_recorder` starts no upkeep task: without one, every recorded
+/// histogram value stays in memory until `/metrics` is scraped (8 bytes a
+/// request, for as long as nobody scrapes). One thread for the process
+/// drains them into their buckets every [`UPKEEP_EVERY`].
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started");
+    }
+}
+
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The error and refusal counters dashboards and alerts watch
 /// (`deploy/`), shown at 0 from the start, so `rate()` and `increase()`

@@ -521,16 +521,16 @@ impl Guard {
     }
 }
 
-/// How `successes`/`failures` rules read a use case's result: an answer the
-/// client earned by its request (a refusal of the use case) is a failure;
-/// one the service caused (store down, 5xx) or the edge gave is neither.
+/// How `successes`/`failures` rules read a use case's result. A failure is
+/// what LIMITS.md says it is: only an `invalid_code` or `already_redeemed`
+/// answer, the trace of someone walking the code space. Every other refusal
+/// (a basket under the minimum, a malformed field, a reused idempotency
+/// key, a quota) says nothing about guessing, and an answer the service
+/// caused (store down, 5xx) or the edge gave is neither.
 pub fn outcome_of<T>(result: &Result<T, ApiError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Success,
-        Err(e) => match e.parts().0 {
-            404 | 409 | 422 => Outcome::Failure,
-            429 if matches!(e, ApiError::LimitExceeded { rate: None, .. }) => Outcome::Failure,
-            _ => Outcome::Neither,
-        },
+        Err(ApiError::InvalidCode | ApiError::AlreadyRedeemed) => Outcome::Failure,
+        Err(_) => Outcome::Neither,
     }
 }

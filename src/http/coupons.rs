@@ -88,6 +88,19 @@ pub async fn claim(
         let verdict = refused_by_rule(services, &cmd.campaign, verdict).await?;
         (verdict, checked.result.unwrap_or(Err(ApiError::Internal)))
     } else {
+        // A retry under a client key whose first answer is recorded gets it
+        // back before any rule runs: a retry changes nothing, rule quotas
+        // included (API.md).
+        if let Some(first) = services
+            .claims
+            .recorded(&cmd, &claimant, &caller.ctx)
+            .await?
+        {
+            return Ok(match first {
+                Ok(i) => HttpResponse::Created().json(ClaimResponse::from(i)),
+                Err(e) => e.error_response(),
+            });
+        }
         let verdict = services.guard.run(pending).await;
         let verdict = refused_by_rule(services, &cmd.campaign, verdict).await?;
         let result = services.claims.claim(&cmd, &claimant, &caller.ctx).await;

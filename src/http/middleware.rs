@@ -35,11 +35,37 @@ fn next_request_id() -> String {
         u64::from_le_bytes(b)
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:016x}{:016x}",
-        *PREFIX,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&PREFIX.to_be_bytes());
+    id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    hex::encode(id)
+}
+
+/// Counts a request in its route's metrics. The handles are kept per
+/// (route, status) on each worker thread: `counter!` hashes its labels and
+/// looks them up in the recorder's registry on every call. Routes are
+/// interned patterns and statuses are few, so the map stays small.
+fn record_request(route: &'static str, status: u16, elapsed_secs: f64) {
+    use metrics::{Counter, Histogram};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    type Handles = HashMap<(&'static str, u16), (Counter, Histogram)>;
+    thread_local! {
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    }
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let (count, duration) = handles
+            .entry((route, status))
+            .or_insert_with(|| {
+                (
+                    metrics::counter!("stampede_http_requests_total", "route" => route, "status" => status_label(status)),
+                    metrics::histogram!("stampede_http_request_duration_seconds", "route" => route),
+                )
+            });
+        count.increment(1);
+        duration.record(elapsed_secs);
+    });
 }
 
 /// The route pattern of `req` (the metrics label), remembered per path on
@@ -168,10 +194,7 @@ pub async fn edge(
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
     let elapsed = started.elapsed();
-    metrics::counter!("stampede_http_requests_total", "route" => route, "status" => status_label(status))
-        .increment(1);
-    metrics::histogram!("stampede_http_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    record_request(route, status, elapsed.as_secs_f64());
     let ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::warn!(parent: &span, status, ms, "request failed");

@@ -1,7 +1,7 @@
 //! Claim one coupon: pseudonymize, resolve the campaign from the catalog,
 //! run the claim script once, mint the code for the serial it returns.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use crate::domain::campaign::{CampaignId, Coupon};
@@ -120,13 +120,20 @@ impl ClaimService {
         let e = self
             .soldout
             .check(campaign.as_str(), (Instant::now(), self.clock.now_ms()))?;
-        let label = if matches!(e, ApiError::SoldOut(_)) {
-            "sold_out"
-        } else {
-            "campaign_not_active"
-        };
-        metrics::counter!("stampede_claims_total", "outcome" => label).increment(1);
-        metrics::counter!("stampede_claims_in_process_total", "outcome" => label).increment(1);
+        // The handles are made once: `counter!` looks its labels up in the
+        // recorder's registry on every call, a cost this path shows.
+        static COUNTERS: LazyLock<[[metrics::Counter; 2]; 2]> = LazyLock::new(|| {
+            ["sold_out", "campaign_not_active"].map(|label| {
+                [
+                    metrics::counter!("stampede_claims_total", "outcome" => label),
+                    metrics::counter!("stampede_claims_in_process_total", "outcome" => label),
+                ]
+            })
+        });
+        let which = usize::from(!matches!(e, ApiError::SoldOut(_)));
+        for c in &COUNTERS[which] {
+            c.increment(1);
+        }
         Some(e)
     }
 
@@ -144,6 +151,45 @@ impl ClaimService {
                 tracing::debug!(error = %e, "in-process refusals not counted");
             }
         }
+    }
+
+    /// The request a client key is bound to: its campaign, phone, device,
+    /// user and channel.
+    fn fingerprint(&self, cmd: &ClaimCommand) -> String {
+        self.idem.digest(&[
+            b"claim",
+            cmd.campaign.as_str().as_bytes(),
+            cmd.phone.as_e164().as_bytes(),
+            cmd.device.as_str().as_bytes(),
+            cmd.user_id.as_deref().unwrap_or("").as_bytes(),
+            cmd.channel.as_deref().unwrap_or("").as_bytes(),
+        ])
+    }
+
+    /// The first answer to a claim under a client `Idempotency-Key`, when
+    /// one is recorded: a retry is answered with it before any rate rule
+    /// runs, so retrying a timed-out claim never uses up a rule's quota (nor
+    /// earns a ban). `None` without a key, or when no answer is recorded
+    /// yet (the claim then runs as usual, rules first).
+    pub async fn recorded(
+        &self,
+        cmd: &ClaimCommand,
+        who: &Claimant,
+        ctx: &RequestContext,
+    ) -> Result<Option<Result<Issued, ApiError>>, ApiError> {
+        if ctx.idempotency_key.is_none() {
+            return Ok(None);
+        }
+        let Some(info) = self.catalog.get(&cmd.campaign).await? else {
+            return Ok(None);
+        };
+        let idem = self.idem.record(ctx, self.fingerprint(cmd));
+        let (keys, shard) = info.route(&who.phone);
+        let Some(outcome) = self.store.recorded_claim(&keys, &idem).await? else {
+            return Ok(None);
+        };
+        let outcome = global(outcome, shard, &info);
+        Ok(Some(self.answer(&info, &cmd.campaign, outcome, true)))
     }
 
     /// Claims one coupon for `who`.
@@ -176,14 +222,7 @@ impl ClaimService {
         let Some(info) = self.catalog.get(id).await? else {
             return Ok(early(ApiError::CampaignNotFound(id.to_string())));
         };
-        let fingerprint = self.idem.digest(&[
-            b"claim",
-            id.as_str().as_bytes(),
-            cmd.phone.as_e164().as_bytes(),
-            cmd.device.as_str().as_bytes(),
-            cmd.user_id.as_deref().unwrap_or("").as_bytes(),
-            cmd.channel.as_deref().unwrap_or("").as_bytes(),
-        ]);
+        let fingerprint = self.fingerprint(cmd);
         if let Err(e) = self.idem.own(&self.store, ctx, &fingerprint).await {
             return match e {
                 ApiError::Unavailable => Err(e),
@@ -269,21 +308,7 @@ impl ClaimService {
                 result: None,
             });
         };
-        let outcome = match (outcome, shard) {
-            (
-                ClaimOutcome::Issued {
-                    serial,
-                    claimed_ms,
-                    expires_ms,
-                },
-                Some(i),
-            ) => ClaimOutcome::Issued {
-                serial: crate::store::shards::global_serial(serial, i, info.shards),
-                claimed_ms,
-                expires_ms,
-            },
-            (o, _) => o,
-        };
+        let outcome = global(outcome, shard, &info);
         // A dry shard is the campaign's sold-out only when every shard is.
         let remember = !replayed && (campaign_dry || outcome != ClaimOutcome::SoldOut);
         let result = self.answer(&info, id, outcome, !remember);
@@ -362,5 +387,28 @@ impl ClaimService {
             ClaimOutcome::Limit(q) => Err(ApiError::quota(q.as_str())),
             ClaimOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
         }
+    }
+}
+
+/// A claim's outcome with a stock shard's serial made the campaign's.
+fn global(
+    outcome: ClaimOutcome,
+    shard: Option<u32>,
+    info: &crate::service::catalog::CampaignInfo,
+) -> ClaimOutcome {
+    match (outcome, shard) {
+        (
+            ClaimOutcome::Issued {
+                serial,
+                claimed_ms,
+                expires_ms,
+            },
+            Some(i),
+        ) => ClaimOutcome::Issued {
+            serial: crate::store::shards::global_serial(serial, i, info.shards),
+            claimed_ms,
+            expires_ms,
+        },
+        (o, _) => o,
     }
 }

@@ -222,35 +222,64 @@ impl Store {
                 outcome: None,
             });
         }
-        let bad = || StoreError::Protocol(format!("claim: {out:?}"));
         let replayed = out.len() > 1 && out.last().is_some_and(|r| r == "1");
-        let outcome = match out.first().map(String::as_str) {
-            Some("ok") => ClaimOutcome::Issued {
-                serial: parse(out.get(1), "serial")?,
-                claimed_ms: parse(out.get(2), "claimed_ms")?,
-                expires_ms: parse(out.get(3), "expires_ms")?,
-            },
-            Some("not_found") => ClaimOutcome::NotFound,
-            Some("not_active") => ClaimOutcome::NotActive {
-                state: out.get(1).cloned().ok_or_else(bad)?,
-                starts_ms: (out.len() == 4)
-                    .then(|| parse(out.get(2), "starts_ms"))
-                    .transpose()?,
-            },
-            Some("sold_out") => ClaimOutcome::SoldOut,
-            Some("not_eligible") => ClaimOutcome::NotEligible(out.get(1).cloned().ok_or_else(bad)?),
-            Some("limit") => {
-                ClaimOutcome::Limit(out.get(1).and_then(|q| Quota::parse(q)).ok_or_else(bad)?)
-            }
-            Some("reused") => ClaimOutcome::KeyReused,
-            _ => return Err(bad()),
-        };
         Ok(ClaimReply {
             rules: rule_results,
-            outcome: Some((outcome, replayed)),
+            outcome: Some((parse_outcome(out)?, replayed)),
         })
     }
 
+    /// The answer recorded under a client key's claim record, when there is
+    /// one: what a retry will be answered, read without running anything
+    /// (`KeyReused` when the key came with another request).
+    pub async fn recorded_claim(
+        &self,
+        keys: &CampaignKeys,
+        idem: &Idem,
+    ) -> Result<Option<ClaimOutcome>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(keys.idempotency(&idem.digest));
+        let Some(rec) = self.query::<Option<String>>(cmd).await? else {
+            return Ok(None);
+        };
+        let mut parts: Vec<String> = rec.split('|').map(str::to_owned).collect();
+        if parts.first() != Some(&idem.fingerprint) {
+            return Ok(Some(ClaimOutcome::KeyReused));
+        }
+        // As claim.lua replays it: the fields, then the replay flag.
+        parts.remove(0);
+        parts.push("1".to_owned());
+        parse_outcome(&parts).map(Some)
+    }
+}
+
+/// A claim's own answer as claim.lua returns it (after its rules' answers).
+fn parse_outcome(out: &[String]) -> Result<ClaimOutcome> {
+    let bad = || StoreError::Protocol(format!("claim: {out:?}"));
+    Ok(match out.first().map(String::as_str) {
+        Some("ok") => ClaimOutcome::Issued {
+            serial: parse(out.get(1), "serial")?,
+            claimed_ms: parse(out.get(2), "claimed_ms")?,
+            expires_ms: parse(out.get(3), "expires_ms")?,
+        },
+        Some("not_found") => ClaimOutcome::NotFound,
+        Some("not_active") => ClaimOutcome::NotActive {
+            state: out.get(1).cloned().ok_or_else(bad)?,
+            starts_ms: (out.len() == 4)
+                .then(|| parse(out.get(2), "starts_ms"))
+                .transpose()?,
+        },
+        Some("sold_out") => ClaimOutcome::SoldOut,
+        Some("not_eligible") => ClaimOutcome::NotEligible(out.get(1).cloned().ok_or_else(bad)?),
+        Some("limit") => {
+            ClaimOutcome::Limit(out.get(1).and_then(|q| Quota::parse(q)).ok_or_else(bad)?)
+        }
+        Some("reused") => ClaimOutcome::KeyReused,
+        _ => return Err(bad()),
+    })
+}
+
+impl Store {
     /// Takes back a claim its caller was answered 503 for: only a fresh
     /// issue (not a replay) made without a client key (with one, the
     /// client's retry gets the code).

@@ -176,6 +176,26 @@ ban = { duration = "1h" }
         .post("/v1/redemptions", &json!({"code": good, "order_id": "o-1"}))
         .await;
     assert_eq!(ok.status(), 200);
+    // Refusals that are not a wrong code are not failures (LIMITS.md: only
+    // invalid_code / already_redeemed answers count): a basket under the
+    // minimum, a missing field, a reused idempotency key.
+    let min = app
+        .create_campaign(
+            json!({"coupon": {"kind": "amount_off", "amount_off": 100, "min_order_amount": 20000}}),
+        )
+        .await;
+    let small = app.claim_code(&min, &phone(2), "d2").await;
+    for i in 0..6 {
+        let res = app
+            .post(
+                "/v1/redemptions",
+                &json!({"code": small, "order_id": format!("s-{i}"), "order_amount": 100}),
+            )
+            .await;
+        assert_problem(res, 422, "not_eligible").await;
+        let res = app.post("/v1/redemptions", &json!({"code": small})).await;
+        assert_problem(res, 422, "invalid_request").await;
+    }
     for i in 0..5 {
         let res = app
             .post(

@@ -114,3 +114,37 @@ async fn campaign_create_and_redeem_are_idempotent() {
     assert_eq!(app.campaign(id).await["redeemed"], 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn retries_of_a_keyed_claim_use_no_rule_quota_and_earn_no_ban() {
+    // Two claims a minute per address, two violations ban: six retries of
+    // one claim must all get its first answer, and leave the second claim
+    // of the minute free.
+    let (app, _f) = spawn_app_with_rules(
+        r#"
+[[rule]]
+name = "ip-claims"
+endpoint = "claim"
+key = ["ip"]
+limit = 2
+window = "1m"
+ban = { after = 2, duration = "10m" }
+"#,
+        |_| {},
+    )
+    .await;
+    let id = app.create_campaign(json!({})).await;
+    let (s1, first) = claim_with_key(&app, &id, "timed-out", &phone(1)).await;
+    assert_eq!(s1, 201);
+    for _ in 0..6 {
+        let again = claim_with_key(&app, &id, "timed-out", &phone(1)).await;
+        assert_eq!(again, (201, first.clone()));
+    }
+    // Another key with another phone: the rule's second claim this minute.
+    let (s2, _) = claim_with_key(&app, &id, "next", &phone(2)).await;
+    assert_eq!(s2, 201);
+    let (s3, third) = claim_with_key(&app, &id, "third", &phone(3)).await;
+    assert_eq!((s3, third["limit"].as_str()), (429, Some("ip-claims")));
+    assert_eq!(app.campaign(&id).await["issued"], 2);
+    app.stop().await;
+}
