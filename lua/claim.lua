@@ -154,7 +154,7 @@ end
 -- and `low_fired` change, and this script is what changes them.
 local m = redis.call('HMGET', KEYS[1], 'state', 'stock', 'issued', 'starts_ms', 'ends_ms',
   'per_phone', 'per_device', 'per_ip', 'valid_ms', 'rollout', 'low_at', 'low_fired', 'webhook',
-  'void')
+  'void', 'max_serial')
 -- `issued` counts serials handed out; `void` those taken back (void_claim.lua).
 local stock, issued, void = int(m[2]), int(m[3]), int(m[14])
 local starts, ends = int(m[4]), int(m[5])
@@ -164,6 +164,10 @@ if m[1] and not (stock and issued and void and starts and ends and lp and ld and
                  and rollout and low_at) then
   return redis.error_reply('ERR claim.lua: campaign ' .. KEYS[1] .. ' has a corrupt counter')
 end
+-- The last serial a code can carry (a stock shard's is smaller: its codes
+-- carry `local × N + i`). Taken-back claims use serials too, so the serials
+-- can run out before the stock does: then the campaign (or shard) is sold out.
+local max_serial = tonumber(m[15] or '4294967295') or 4294967295
 local issued_at_start = issued
 local record_prefix = KEYS[2] .. ':'
 local low_fired = m[12] == '1'
@@ -274,7 +278,7 @@ local function claim(K, A, rule_out)
   if m[1] ~= 'active' then return refuse('not_active', m[1]) end
   if now < starts then return refuse('not_active', 'scheduled', tostring(starts)) end
   if ends > 0 and now >= ends then return refuse('not_active', 'ended') end
-  if issued - void >= stock then return refuse('sold_out') end
+  if issued - void >= stock or issued >= max_serial then return refuse('sold_out') end
   if bucket >= rollout then return refuse('not_eligible', 'rollout') end
 
   -- 3. Quotas: counted always (so a limit added later sees past claims),

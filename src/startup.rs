@@ -49,6 +49,9 @@ pub enum StartupError {
     Durability(String),
 }
 
+/// The oldest Redis the scripts run on.
+const MIN_REDIS: (u32, u32) = (7, 0);
+
 /// Everything the service is, without HTTP.
 pub struct Services {
     pub settings: Validated,
@@ -61,6 +64,9 @@ pub struct Services {
     pub lifecycle: LifecycleService,
     pub reports: ReportService,
     pub guard: Arc<Guard>,
+    /// Client idempotency keys of the POSTs whose effect keeps no record of
+    /// its own (`http::replay`).
+    pub idem: crate::service::idempotency::Idempotency,
     /// Webhook delivery (its signing key, its consumer name); the worker holds it weakly.
     pub webhooks: Arc<Webhooks>,
     /// The war room's sampler and stream tokens (`GET /ops`).
@@ -99,6 +105,17 @@ impl Services {
         };
         let secret = load_secret(&settings)?;
         let store = Store::open(&url, settings.store_deadline)?;
+        // The scripts use Redis 7.0 commands (`EXPIREAT … NX`, `SET … GET`
+        // with NX): on an older server a claim batch would be charged and
+        // then fail. Refused at start; an unreachable Redis is waited for.
+        if let Some(v) = store.server_version().await
+            && v < MIN_REDIS
+        {
+            return Err(StartupError::Durability(format!(
+                "Redis {}.{} is too old: stampede needs Redis {}.{} or newer",
+                v.0, v.1, MIN_REDIS.0, MIN_REDIS.1
+            )));
+        }
         let store = if raw.redis_wait_aof {
             // Refused at start rather than answering every claim 503.
             match store.supports_waitaof().await {
@@ -160,6 +177,7 @@ impl Services {
         let codes = CodeKey::new(secret.derive("code"));
         let ids = Pseudonymizer::new(secret.derive("identity"));
         Ok(Self {
+            idem: idem.clone(),
             campaigns: CampaignService::new(
                 store.clone(),
                 catalog.clone(),
@@ -188,7 +206,7 @@ impl Services {
             redemptions: RedemptionService::new(
                 store.clone(),
                 catalog,
-                idem,
+                idem.clone(),
                 codes,
                 ids.clone(),
                 clock.clone(),

@@ -360,6 +360,8 @@ impl CampaignSpec {
         let stock_shards = req.stock_shards.unwrap_or(1);
         if !(1..=MAX_STOCK_SHARDS).contains(&stock_shards) {
             errs.push("stock_shards", "must be between 1 and 64");
+        } else if let Some(m) = stock_over_serials(stock, stock_shards) {
+            errs.push("stock", m);
         }
         let spec = coupon.map(|coupon| CampaignSpec {
             id,
@@ -407,10 +409,12 @@ impl CampaignSpec {
             }
         }
         if let Some(s) = patch.stock {
-            if (1..=MAX_SERIAL as i64).contains(&s) {
-                next.stock = s;
-            } else {
+            if !(1..=MAX_SERIAL as i64).contains(&s) {
                 errs.push("stock", format!("must be between 1 and {MAX_SERIAL}"));
+            } else if let Some(m) = stock_over_serials(s, i64::from(self.stock_shards)) {
+                errs.push("stock", m);
+            } else {
+                next.stock = s;
             }
         }
         if let Some(t) = &patch.starts_at
@@ -497,3 +501,14 @@ pub fn campaign_no_in_range(no: i64) -> bool {
 #[cfg(test)]
 #[path = "campaign_tests.rs"]
 mod tests;
+
+/// Why `stock` is too much for `shards` stock shards, if it is. A shard's
+/// coupon carries the serial `local × shards + shard` (`store::shards`), and
+/// all the stock can end up in one shard (refills, bulk codes), so
+/// `stock × shards` serials must fit in a code's [`MAX_SERIAL`].
+fn stock_over_serials(stock: i64, shards: i64) -> Option<String> {
+    let most = MAX_SERIAL as i64 / shards.max(1);
+    (shards > 1 && stock > most).then(|| {
+        format!("at most {most} with {shards} stock shards (a code's serial carries its shard)")
+    })
+}

@@ -93,3 +93,12 @@ fn status_follows_window_and_stock() {
     );
     assert_eq!(Status::derive("active", &s, 0, s.ends_at_ms), Status::Ended);
 }
+
+#[test]
+fn a_sharded_stock_must_leave_every_serial_a_code_can_carry() {
+    use crate::domain::code::MAX_SERIAL;
+    assert_eq!(super::stock_over_serials(MAX_SERIAL as i64, 1), None);
+    let most = MAX_SERIAL as i64 / 64;
+    assert_eq!(super::stock_over_serials(most, 64), None);
+    assert!(super::stock_over_serials(most + 1, 64).is_some());
+}

@@ -13,7 +13,9 @@ use crate::http::auth::Caller;
 use crate::http::body::read_json;
 use crate::http::permissions::Permission;
 use crate::http::problem::Problem;
+use crate::http::replay::{self, Begin};
 use crate::http::wire::limits::{BanList, BanQuery, BanRequest, BanView, LimitsView, Unbanned};
+use actix_web::http::StatusCode;
 
 const DEFAULT_BAN: std::time::Duration = std::time::Duration::from_secs(86_400);
 const MAX_BAN: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
@@ -72,6 +74,7 @@ fn subject(state: &AppState, kind: BanKind, value: &str) -> Result<Pseudonym, Ap
 /// Freeze a phone, device or IP.
 #[utoipa::path(
     post, path = "/v1/admin/bans", tag = "anti-abuse",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..255 printable ASCII; a retry returns the first answer")),
     request_body = BanRequest,
     responses(
         (status = 201, description = "Banned", body = BanView),
@@ -90,7 +93,7 @@ pub async fn ban(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Permission::ManageBans)?;
-    let (body, _): (BanRequest, _) = read_json(&req, payload, &state.body_limits).await?;
+    let (body, raw): (BanRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let kind = kind(body.kind.as_deref())?;
     let value = body
         .value
@@ -113,6 +116,10 @@ pub async fn ban(
             "at most 500 characters, no control characters",
         ));
     }
+    let keyed = match replay::begin(&state.services, &caller.ctx, &[b"ban", &raw]).await? {
+        Begin::Replay(first) => return Ok(first),
+        Begin::Run(keyed) => keyed,
+    };
     let (field, rec) = state
         .services
         .guard
@@ -125,7 +132,14 @@ pub async fn ban(
         )
         .await?;
     tracing::warn!(kind = kind.as_str(), by = %caller.name, "ban started by an admin");
-    Ok(HttpResponse::Created().json(BanView::new(&field, &rec)))
+    keyed
+        .answer(
+            &state.services,
+            &caller.ctx,
+            StatusCode::CREATED,
+            &BanView::new(&field, &rec),
+        )
+        .await
 }
 
 /// Release a phone, device or IP.

@@ -1,6 +1,6 @@
 //! `/v1/campaigns`: create, read, PATCH, lifecycle actions, stats; `/v1/audit`.
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::domain::lifecycle::Action;
@@ -11,6 +11,7 @@ use crate::http::body::read_json;
 use crate::http::body::{parse_json, read_body};
 use crate::http::permissions::Permission;
 use crate::http::problem::Problem;
+use crate::http::replay::{self, Begin};
 use crate::http::wire::reports::{AuditQuery, AuditView, StatsView};
 use crate::http::wire::{
     CampaignView, CreateCampaignRequest, PatchCampaignRequest, TransitionRequest,
@@ -162,6 +163,7 @@ pub async fn patch(
     params(
         ("id" = String, Path, description = "campaign id"),
         ("action" = String, Path, description = "submit, approve, reject, pause, resume or end"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1..255 printable ASCII; a retry returns the first answer"),
     ),
     request_body(content = Option<TransitionRequest>, description = "optional reason"),
     responses(
@@ -171,6 +173,7 @@ pub async fn patch(
         (status = 403, description = "forbidden (role, or four eyes)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "campaign_not_found / not_found (no such action)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "invalid_transition", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid_request (reason, Idempotency-Key) / idempotency_key_reused", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -181,10 +184,10 @@ pub async fn act(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     caller: Caller,
-) -> Result<web::Json<CampaignView>, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     caller.require(Permission::ManageCampaigns)?;
-    let (id, action) = path.into_inner();
-    let action = Action::parse(&action).ok_or(ApiError::NotFound)?;
+    let (id, raw_action) = path.into_inner();
+    let action = Action::parse(&raw_action).ok_or(ApiError::NotFound)?;
     let body = read_body(&req, payload, &state.body_limits).await?;
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
         String::new()
@@ -199,12 +202,24 @@ pub async fn act(
         }
         reason
     };
+    let request: [&[u8]; 4] = [b"act", id.as_bytes(), raw_action.as_bytes(), &body];
+    let keyed = match replay::begin(&state.services, &caller.ctx, &request).await? {
+        Begin::Replay(first) => return Ok(first),
+        Begin::Run(keyed) => keyed,
+    };
     let c = state
         .services
         .lifecycle
         .act(&id, action, &reason, &caller.ctx)
         .await?;
-    Ok(web::Json(view(&state, &c)))
+    keyed
+        .answer(
+            &state.services,
+            &caller.ctx,
+            StatusCode::OK,
+            &view(&state, &c),
+        )
+        .await
 }
 
 /// Issued, redeemed, rejections by code and by limit, claims per minute, redemptions by channel and store.

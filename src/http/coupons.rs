@@ -14,11 +14,13 @@ use crate::http::body::read_json;
 use crate::http::permissions::Permission;
 use crate::http::problem::Problem;
 use crate::http::problem::insert_rate_headers;
+use crate::http::replay::{self, Begin};
 use crate::http::wire::{
     ClaimRequest, ClaimResponse, RedeemRequest, RedeemResponse, RollbackRequest, RollbackResponse,
     ValidateRequest, ValidateResponse,
 };
 use crate::startup::Services;
+use actix_web::http::StatusCode;
 
 /// Claim a coupon: stock, window and the per-phone/device/IP quotas are
 /// checked and charged in one atomic step; a rejected claim charges nothing.
@@ -223,6 +225,7 @@ pub async fn redeem(
 /// Undo a redemption (order cancelled or refunded): the code is usable again.
 #[utoipa::path(
     post, path = "/v1/redemptions/rollback", tag = "coupons",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..255 printable ASCII; a retry returns the first answer")),
     request_body = RollbackRequest,
     responses(
         (status = 200, description = "Rolled back, or was not redeemed", body = RollbackResponse),
@@ -263,6 +266,7 @@ pub async fn rollback(
 /// Would this code redeem for this order now? Charges nothing.
 #[utoipa::path(
     post, path = "/v1/codes/validate", tag = "coupons",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..255 printable ASCII; a retry returns the first answer")),
     request_body = ValidateRequest,
     responses(
         (status = 200, description = "valid, or why not", body = ValidateResponse),
@@ -283,9 +287,14 @@ pub async fn validate(
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Permission::UseCoupons)?;
-    let (body, _): (ValidateRequest, _) = read_json(&req, payload, &state.body_limits).await?;
+    let (body, raw): (ValidateRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
+    // A retry under a client key gets the first answer, before any rule.
+    let keyed = match replay::begin(services, &caller.ctx, &[b"validate", &raw]).await? {
+        Begin::Replay(first) => return Ok(first),
+        Begin::Run(keyed) => keyed,
+    };
     let verdict = check_code_request(
         services,
         &client,
@@ -300,11 +309,18 @@ pub async fn validate(
         Ok(v) if matches!(v.code, Some("invalid_code" | "already_redeemed")) => Outcome::Failure,
         r => outcome_of(r),
     };
-    finish(
-        &services.guard,
-        verdict,
-        outcome,
-        result.map(|v| HttpResponse::Ok().json(ValidateResponse::from(v))),
-    )
-    .await
+    let response = match result {
+        Ok(v) => {
+            keyed
+                .answer(
+                    services,
+                    &caller.ctx,
+                    StatusCode::OK,
+                    &ValidateResponse::from(v),
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    finish(&services.guard, verdict, outcome, response).await
 }

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod permissions;
 pub mod problem;
+pub mod replay;
 pub mod warroom;
 pub mod wire;
 

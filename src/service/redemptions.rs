@@ -262,24 +262,29 @@ impl RedemptionService {
         let payload = self.verify(&cmd.code)?;
         let info = self.catalog.by_code(payload).await?;
         let (keys, serial) = info.locate(payload.serial);
+        // Under a client key, the answer is recorded in the rollback's own
+        // step (a retry after a lost reply gets the first answer).
+        let record = ctx
+            .idempotency_key
+            .is_some()
+            .then(|| self.idem.record(ctx, fingerprint));
         let outcome = self
             .store
-            .rollback(&keys, self.clock.now_ms(), serial, &cmd.order_id)
+            .rollback(
+                &keys,
+                self.clock.now_ms(),
+                serial,
+                &cmd.order_id,
+                record.as_ref(),
+            )
             .await?;
         let rolled_back = match outcome {
             RollbackOutcome::RolledBack => true,
             RollbackOutcome::NotRedeemed => false,
             RollbackOutcome::OtherOrder => return Err(ApiError::AlreadyRedeemed),
             RollbackOutcome::InvalidCode => return Err(ApiError::InvalidCode),
+            RollbackOutcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
         };
-        self.idem
-            .remember_answer(
-                &self.store,
-                ctx,
-                &fingerprint,
-                if rolled_back { "1" } else { "0" },
-            )
-            .await?;
         Ok(RolledBack {
             code: cmd.code.clone(),
             order_id: cmd.order_id.clone(),

@@ -49,6 +49,19 @@ pub(super) struct Queued<T> {
 struct Lane<T> {
     running: usize,
     pending: Vec<Queued<T>>,
+    /// The queue's length at which the claims whose callers gave up are
+    /// dropped from it (doubles with the live queue: amortized O(1)).
+    prune_at: usize,
+}
+
+/// A lane's queue is first pruned at this length.
+const PRUNE_AT: usize = 1024;
+
+/// Drops the calls whose callers stopped waiting (past their deadline,
+/// answered 503): they never reach Redis, so they are not charged, and a
+/// Redis that hangs cannot grow the queue past the callers still waiting.
+fn prune<T>(pending: &mut Vec<Queued<T>>) {
+    pending.retain(|q| !q.reply.is_closed());
 }
 
 /// The claims waiting, per campaign (keyed by the campaign's meta key).
@@ -74,8 +87,13 @@ impl<T> Batcher<T> {
             None => lanes.entry(lane.to_owned()).or_insert(Lane {
                 running: 0,
                 pending: Vec::new(),
+                prune_at: PRUNE_AT,
             }),
         };
+        if l.pending.len() >= l.prune_at {
+            prune(&mut l.pending);
+            l.prune_at = PRUNE_AT.max(2 * l.pending.len());
+        }
         l.pending.push(q);
         if l.running < MAX_IN_FLIGHT {
             l.running += 1;
@@ -90,6 +108,7 @@ impl<T> Batcher<T> {
     pub fn take(&self, lane: &str) -> Option<Vec<Queued<T>>> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let l = lanes.get_mut(lane)?;
+        prune(&mut l.pending);
         if l.pending.is_empty() {
             l.running -= 1;
             if l.running == 0 {
@@ -134,14 +153,26 @@ impl Store {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         if batcher.push(lane, Queued { call, reply }) {
             redis_runtime().spawn(flush());
         }
-        match tokio::time::timeout(self.deadline(), rx).await {
-            Ok(Ok(r)) => r.map_err(StoreError::classify),
-            Ok(Err(_)) => Err(StoreError::Protocol("store task failed".into())),
-            Err(_) => Err(StoreError::Timeout(self.deadline())),
+        let got = match tokio::time::timeout(self.deadline(), &mut rx).await {
+            Ok(got) => got,
+            Err(_) => {
+                // Closed first, then read: a reply sent before the close is
+                // this caller's answer (late, but the caller is still here);
+                // after it, the flusher's send fails and it takes the call
+                // back. No reply can fall between the two.
+                rx.close();
+                rx.try_recv()
+                    .map_err(|_| StoreError::Timeout(self.deadline()))
+                    .map(Ok)?
+            }
+        };
+        match got {
+            Ok(r) => r.map_err(StoreError::classify),
+            Err(_) => Err(StoreError::Protocol("store task failed".into())),
         }
     }
 }
@@ -186,6 +217,35 @@ mod tests {
         }
         let (again, _r) = queued(100);
         assert!(b.push("c", again), "an idle lane starts a new flusher");
+    }
+
+    #[test]
+    fn calls_whose_callers_gave_up_never_leave_the_queue() {
+        let b = Batcher::default();
+        let mut kept = Vec::new();
+        for i in 0..(PRUNE_AT as u32 * 3) {
+            let (q, r) = queued(i);
+            b.push("c", q);
+            // Every other caller stops waiting (its deadline passed).
+            if i % 2 == 0 {
+                kept.push(r);
+            }
+        }
+        {
+            let lanes = b.lanes.lock().unwrap();
+            assert!(
+                lanes["c"].pending.len() < PRUNE_AT * 2,
+                "the queue is pruned while it grows"
+            );
+        }
+        let sent: Vec<u32> = std::iter::from_fn(|| b.take("c"))
+            .flatten()
+            .map(|q| q.call)
+            .collect();
+        assert_eq!(
+            sent,
+            (0..PRUNE_AT as u32 * 3).step_by(2).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum RollbackOutcome {
     NotRedeemed,
     OtherOrder,
     InvalidCode,
+    /// The client key came with another request.
+    KeyReused,
 }
 
 /// The read-only facts about one code.
@@ -139,14 +141,23 @@ impl Store {
         now_ms: i64,
         serial: u64,
         order_id: &str,
+        idem: Option<&Idem>,
     ) -> Result<RollbackOutcome> {
-        let k = [keys.meta(), keys.redemptions(), keys.rollbacks()];
+        let k = [
+            keys.meta(),
+            keys.redemptions(),
+            keys.rollbacks(),
+            keys.idempotency(idem.map_or("none", |i| i.digest.as_str())),
+        ];
         let (now, serial) = (now_ms.to_string(), serial.to_string());
+        let (fp, ttl) = idem.map_or((String::new(), "1".to_owned()), |i| {
+            (i.fingerprint.clone(), i.ttl_secs.to_string())
+        });
         let out = self
             .script(
                 &scripts::ROLLBACK,
                 &k.iter().map(String::as_str).collect::<Vec<_>>(),
-                &[&now, &serial, order_id],
+                &[&now, &serial, order_id, &fp, &ttl],
             )
             .await?;
         match (
@@ -157,6 +168,7 @@ impl Store {
             (Some("ok"), Some("0")) => Ok(RollbackOutcome::NotRedeemed),
             (Some("other_order"), _) => Ok(RollbackOutcome::OtherOrder),
             (Some("invalid_code"), _) => Ok(RollbackOutcome::InvalidCode),
+            (Some("reused"), _) => Ok(RollbackOutcome::KeyReused),
             _ => Err(StoreError::Protocol(format!("rollback: {out:?}"))),
         }
     }

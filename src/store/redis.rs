@@ -237,6 +237,15 @@ impl Store {
         v.get(1).cloned()
     }
 
+    /// The server's (major, minor) version, from `INFO server`; `None`
+    /// when it cannot be read (Redis down: checked again at no later point).
+    pub async fn server_version(&self) -> Option<(u32, u32)> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info: String = self.query(cmd).await.ok()?;
+        parse_version(&info)
+    }
+
     /// A handle on the connection (a clone: cheap).
     pub(super) fn conn(&self) -> Conn {
         self.conn.clone()
@@ -340,5 +349,27 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// `redis_version:7.0.15` in an `INFO` text, as (7, 0). On a cluster,
+/// INFO answers from one node; the first version line is taken.
+fn parse_version(info: &str) -> Option<(u32, u32)> {
+    let v = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn the_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(super::parse_version(info), Some((7, 0)));
+        assert_eq!(super::parse_version("nothing"), None);
     }
 }

@@ -141,6 +141,9 @@ impl Store {
         let calls = (0..n).map(|i| {
             let keys = CampaignKeys::shard(&c.spec.id, i, n);
             let slice = slice(c.spec.stock, n, i).to_string();
+            // The shard's last serial a code can carry (`local × n + i`).
+            let max_serial =
+                ((crate::domain::code::MAX_SERIAL - u64::from(i)) / u64::from(n)).to_string();
             let fields = &fields;
             let ver = &c.ver;
             async move {
@@ -150,6 +153,8 @@ impl Store {
                     args.push(k);
                     args.push(v);
                 }
+                args.push("max_serial");
+                args.push(&max_serial);
                 self.script(&scripts::SHARD_SYNC, &[&meta], &args).await
             }
         });

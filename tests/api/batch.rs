@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_exact_issue, counter, phone, spawn_app};
+use crate::helpers::{assert_exact_issue, assert_problem, counter, phone, spawn_app};
 
 #[tokio::test]
 async fn concurrent_claims_share_calls_and_never_over_issue() {
@@ -249,4 +249,26 @@ async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(poison, "x", "the failed check wrote nothing");
+}
+
+#[tokio::test]
+async fn a_campaign_out_of_serials_is_sold_out_not_charged() {
+    crate::single_node_only!("sets a campaign's serial cap by hand on one node");
+    // Taken-back claims use serials too: once the last serial a code can
+    // carry is used, a claim is refused as sold out, before any charge
+    // (never charged and then answered 500 for a code that cannot be made).
+    let app = spawn_app().await;
+    let id = app.create_campaign(json!({"stock": 10})).await;
+    let mut conn = app.redis().conn();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("st:{{{id}}}:meta"))
+        .arg("max_serial")
+        .arg(2)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(app.claim(&id, &phone(1), "d1").await.status(), 201);
+    assert_eq!(app.claim(&id, &phone(2), "d2").await.status(), 201);
+    assert_problem(app.claim(&id, &phone(3), "d3").await, 409, "sold_out").await;
+    assert_eq!(app.campaign(&id).await["issued"], 2);
+    app.stop().await;
 }

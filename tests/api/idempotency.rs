@@ -148,3 +148,73 @@ ban = { after = 2, duration = "10m" }
     assert_eq!(app.campaign(&id).await["issued"], 2);
     app.stop().await;
 }
+
+async fn post_with_key(app: &TestApp, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url(path))
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn lifecycle_moves_bans_and_validations_honour_the_key_too() {
+    let app = spawn_app().await;
+    let id = app.create_campaign(json!({})).await;
+    // A lifecycle move retried after a lost reply: the first answer, not
+    // `409 invalid_transition`.
+    let pause = format!("/v1/campaigns/{id}/pause");
+    let first = post_with_key(&app, &pause, "k-pause", json!({"reason": "r"})).await;
+    assert_eq!(first.0, 200);
+    assert_eq!(first.1["status"], "paused");
+    let again = post_with_key(&app, &pause, "k-pause", json!({"reason": "r"})).await;
+    assert_eq!(again, first);
+    let resume = format!("/v1/campaigns/{id}/resume");
+    let (s, v) = post_with_key(&app, &resume, "k-pause", json!({"reason": "r"})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    assert_eq!(app.campaign(&id).await["status"], "paused");
+    // A ban retried: one ban; the key with another subject is refused.
+    let ban = json!({"kind": "device", "value": "dev-x", "duration": "1h", "reason": "t"});
+    let b1 = post_with_key(&app, "/v1/admin/bans", "k-ban", ban.clone()).await;
+    assert_eq!(b1.0, 201);
+    assert_eq!(
+        post_with_key(&app, "/v1/admin/bans", "k-ban", ban).await,
+        b1
+    );
+    let other = json!({"kind": "device", "value": "dev-y", "duration": "1h", "reason": "t"});
+    let (s, v) = post_with_key(&app, "/v1/admin/bans", "k-ban", other).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    let list: Value = app
+        .get("/v1/admin/bans?kind=device")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["bans"].as_array().map(Vec::len), Some(1), "{list}");
+    // Validate: same rule.
+    let code = "A".repeat(18);
+    let v1 = post_with_key(&app, "/v1/codes/validate", "k-val", json!({"code": code})).await;
+    assert_eq!(v1.0, 200);
+    let (s, v) = post_with_key(
+        &app,
+        "/v1/codes/validate",
+        "k-val",
+        json!({"code": "B".repeat(18)}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    app.stop().await;
+}
