@@ -4,15 +4,13 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 async fn claim_with_key(app: &TestApp, id: &str, key: &str, phone: &str) -> (u16, Value) {
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{id}/claims")))
-        .header("Idempotency-Key", key)
-        .json(&json!({"phone": phone, "device_id": "dev-1"}))
-        .send()
-        .await
-        .unwrap();
-    (res.status().as_u16(), res.json().await.unwrap())
+    post_with_key(
+        app,
+        &format!("/v1/campaigns/{id}/claims"),
+        key,
+        json!({"phone": phone, "device_id": "dev-1"}),
+    )
+    .await
 }
 
 #[tokio::test]
