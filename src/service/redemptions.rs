@@ -165,13 +165,9 @@ impl RedemptionService {
         self.catalog.by_code(p).await
     }
 
-    /// Redeems a code for an order.
-    pub async fn redeem(
-        &self,
-        cmd: &RedeemCommand,
-        ctx: &RequestContext,
-    ) -> Result<Redeemed, ApiError> {
-        let fingerprint = self.idem.digest(&[
+    /// The request fingerprint of a redemption (its idempotency record's).
+    fn redeem_fingerprint(&self, cmd: &RedeemCommand) -> String {
+        self.idem.digest(&[
             b"redeem",
             cmd.code.as_bytes(),
             cmd.order_id.as_bytes(),
@@ -182,7 +178,45 @@ impl RedemptionService {
             cmd.store_id.as_deref().unwrap_or("").as_bytes(),
             cmd.phone.as_ref().map_or("", Phone::as_e164).as_bytes(),
             format!("{:?}", cmd.order).as_bytes(),
-        ]);
+        ])
+    }
+
+    /// The first answer to a redemption under the client's
+    /// `Idempotency-Key`, when one is recorded: a retry is answered with it
+    /// before any rate rule runs (API.md: a retry changes nothing, rule
+    /// quotas and failure counts included). `None` without a key, for a
+    /// code that does not verify or has no campaign, or when nothing is
+    /// recorded yet: the redemption then runs as usual, rules first.
+    pub async fn recorded(
+        &self,
+        cmd: &RedeemCommand,
+        ctx: &RequestContext,
+    ) -> Result<Option<Result<Redeemed, ApiError>>, ApiError> {
+        if ctx.idempotency_key.is_none() {
+            return Ok(None);
+        }
+        let Ok(payload) = self.codes.verify(&cmd.code) else {
+            return Ok(None);
+        };
+        let Ok(info) = self.catalog.by_code(payload).await else {
+            return Ok(None);
+        };
+        let idem = self.idem.record(ctx, self.redeem_fingerprint(cmd));
+        let (keys, _) = info.locate(payload.serial);
+        Ok(self
+            .store
+            .recorded_redemption(&keys, &idem)
+            .await?
+            .map(|outcome| redeemed(cmd, &info, outcome)))
+    }
+
+    /// Redeems a code for an order.
+    pub async fn redeem(
+        &self,
+        cmd: &RedeemCommand,
+        ctx: &RequestContext,
+    ) -> Result<Redeemed, ApiError> {
+        let fingerprint = self.redeem_fingerprint(cmd);
         self.idem.own(&self.store, ctx, &fingerprint).await?;
         let payload = self.verify(&cmd.code)?;
         let info = self.catalog.by_code(payload).await?;
@@ -212,34 +246,7 @@ impl RedemptionService {
             RedeemOutcome::KeyReused => "idempotency_key_reused",
         };
         metrics::counter!("stampede_redemptions_total", "outcome" => label).increment(1);
-        match outcome {
-            RedeemOutcome::Redeemed {
-                order_id,
-                redeemed_ms,
-                discount,
-                store_id,
-            } => Ok(Redeemed {
-                code: cmd.code.clone(),
-                order_id,
-                campaign_id: info.id.clone(),
-                discount,
-                redeemed_ms,
-                store_id: (!store_id.is_empty()).then_some(store_id),
-                gift_sku: match &info.coupon {
-                    Coupon::Gift { gift_sku, .. } => Some(gift_sku.clone()),
-                    _ => None,
-                },
-            }),
-            RedeemOutcome::InvalidCode => Err(ApiError::InvalidCode),
-            RedeemOutcome::AlreadyRedeemed => Err(ApiError::AlreadyRedeemed),
-            RedeemOutcome::Expired { expires_ms } => {
-                Err(ApiError::CodeExpired(rfc3339(from_ms(expires_ms))))
-            }
-            RedeemOutcome::WrongClaimer => Err(ApiError::NotEligible(
-                "the code is bound to the phone that claimed it".into(),
-            )),
-            RedeemOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
-        }
+        redeemed(cmd, &info, outcome)
     }
 
     /// Undoes a redemption (order cancelled or refunded).
@@ -342,5 +349,41 @@ impl RedemptionService {
             Err(ApiError::InvalidRequest(e)) => Err(ApiError::InvalidRequest(e)),
             Err(e) => Ok(with_campaign(Validation::invalid(&e))),
         }
+    }
+}
+
+/// A redemption's answer, from what its script did (or recorded).
+fn redeemed(
+    cmd: &RedeemCommand,
+    info: &CampaignInfo,
+    outcome: RedeemOutcome,
+) -> Result<Redeemed, ApiError> {
+    match outcome {
+        RedeemOutcome::Redeemed {
+            order_id,
+            redeemed_ms,
+            discount,
+            store_id,
+        } => Ok(Redeemed {
+            code: cmd.code.clone(),
+            order_id,
+            campaign_id: info.id.clone(),
+            discount,
+            redeemed_ms,
+            store_id: (!store_id.is_empty()).then_some(store_id),
+            gift_sku: match &info.coupon {
+                Coupon::Gift { gift_sku, .. } => Some(gift_sku.clone()),
+                _ => None,
+            },
+        }),
+        RedeemOutcome::InvalidCode => Err(ApiError::InvalidCode),
+        RedeemOutcome::AlreadyRedeemed => Err(ApiError::AlreadyRedeemed),
+        RedeemOutcome::Expired { expires_ms } => {
+            Err(ApiError::CodeExpired(rfc3339(from_ms(expires_ms))))
+        }
+        RedeemOutcome::WrongClaimer => Err(ApiError::NotEligible(
+            "the code is bound to the phone that claimed it".into(),
+        )),
+        RedeemOutcome::KeyReused => Err(ApiError::IdempotencyKeyReused),
     }
 }

@@ -116,23 +116,32 @@ impl Store {
                 ],
             )
             .await?;
-        let bad = || StoreError::Protocol(format!("redeem: {out:?}"));
-        Ok(match out.first().map(String::as_str) {
-            Some("ok") => RedeemOutcome::Redeemed {
-                order_id: out.get(1).cloned().ok_or_else(bad)?,
-                redeemed_ms: parse(out.get(2), "redeemed_ms")?,
-                discount: parse(out.get(3), "discount")?,
-                store_id: out.get(4).cloned().unwrap_or_default(),
-            },
-            Some("invalid_code") => RedeemOutcome::InvalidCode,
-            Some("already_redeemed") => RedeemOutcome::AlreadyRedeemed,
-            Some("expired") => RedeemOutcome::Expired {
-                expires_ms: parse(out.get(1), "expires_ms")?,
-            },
-            Some("wrong_claimer") => RedeemOutcome::WrongClaimer,
-            Some("reused") => RedeemOutcome::KeyReused,
-            _ => return Err(bad()),
-        })
+        parse_redeem(&out)
+    }
+
+    /// The answer recorded under a client key's redemption record, when
+    /// there is one: what a retry will be answered, read without running
+    /// anything (`KeyReused` when the key came with another request).
+    pub async fn recorded_redemption(
+        &self,
+        keys: &CampaignKeys,
+        idem: &Idem,
+    ) -> Result<Option<RedeemOutcome>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(keys.idempotency(&idem.digest));
+        let Some(rec) = self.query::<Option<String>>(cmd).await? else {
+            return Ok(None);
+        };
+        // As redeem.lua replays it: fingerprint '|' the answer's JSON array.
+        let Some((fp, answer)) = rec.split_once('|') else {
+            return Err(StoreError::Protocol(format!("redemption record: {rec:?}")));
+        };
+        if fp != idem.fingerprint {
+            return Ok(Some(RedeemOutcome::KeyReused));
+        }
+        let out: Vec<String> = serde_json::from_str(answer)
+            .map_err(|e| StoreError::Protocol(format!("redemption record: {e}")))?;
+        parse_redeem(&out).map(Some)
     }
 
     pub async fn rollback(
@@ -202,4 +211,25 @@ impl Store {
             redeemed: out.get(2).is_some_and(|s| !s.is_empty()),
         })
     }
+}
+
+/// A redemption's answer as redeem.lua returns it (or records it).
+fn parse_redeem(out: &[String]) -> Result<RedeemOutcome> {
+    let bad = || StoreError::Protocol(format!("redeem: {out:?}"));
+    Ok(match out.first().map(String::as_str) {
+        Some("ok") => RedeemOutcome::Redeemed {
+            order_id: out.get(1).cloned().ok_or_else(bad)?,
+            redeemed_ms: parse(out.get(2), "redeemed_ms")?,
+            discount: parse(out.get(3), "discount")?,
+            store_id: out.get(4).cloned().unwrap_or_default(),
+        },
+        Some("invalid_code") => RedeemOutcome::InvalidCode,
+        Some("already_redeemed") => RedeemOutcome::AlreadyRedeemed,
+        Some("expired") => RedeemOutcome::Expired {
+            expires_ms: parse(out.get(1), "expires_ms")?,
+        },
+        Some("wrong_claimer") => RedeemOutcome::WrongClaimer,
+        Some("reused") => RedeemOutcome::KeyReused,
+        _ => return Err(bad()),
+    })
 }

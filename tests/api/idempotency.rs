@@ -147,6 +147,59 @@ ban = { after = 2, duration = "10m" }
     app.stop().await;
 }
 
+#[tokio::test]
+async fn retries_of_a_keyed_redemption_use_no_rule_quota_and_count_no_failure() {
+    // Two failures a minute per address ban: retries of one redemption
+    // that failed (already redeemed by another order) and of one that
+    // succeeded must all get their first answers, and count nothing.
+    let (app, _f) = spawn_app_with_rules(
+        r#"
+[[rule]]
+name = "redeem-guess"
+endpoint = "redeem"
+key = ["ip"]
+count = "failures"
+limit = 2
+window = "1m"
+ban = { after = 1, duration = "10m" }
+"#,
+        |_| {},
+    )
+    .await;
+    let id = app.create_campaign(json!({})).await;
+    let code = app.claim_code(&id, &phone(1), "d").await;
+    let redeem = |key: &'static str, order: &'static str| {
+        post_with_key(
+            &app,
+            "/v1/redemptions",
+            key,
+            json!({"code": code, "order_id": order, "order_amount": 30000}),
+        )
+    };
+    let (s1, first) = redeem("paid", "o-1").await;
+    assert_eq!(s1, 200, "{first}");
+    let (s2, refused) = redeem("other-order", "o-2").await;
+    assert_eq!(
+        (s2, refused["code"].as_str()),
+        (409, Some("already_redeemed"))
+    );
+    for _ in 0..5 {
+        assert_eq!(redeem("paid", "o-1").await, (200, first.clone()));
+        assert_eq!(redeem("other-order", "o-2").await, (409, refused.clone()));
+    }
+    // One failure counted so far: a second one is still answered (the
+    // rule's limit is two), the third is refused.
+    let (s3, again) = redeem("third", "o-3").await;
+    assert_eq!(
+        (s3, again["code"].as_str()),
+        (409, Some("already_redeemed"))
+    );
+    let (s4, over) = redeem("fourth", "o-4").await;
+    assert_eq!((s4, over["limit"].as_str()), (429, Some("redeem-guess")));
+    assert_eq!(app.campaign(&id).await["redeemed"], 1);
+    app.stop().await;
+}
+
 async fn post_with_key(app: &TestApp, path: &str, key: &str, body: Value) -> (u16, Value) {
     let res = app
         .client
