@@ -1,6 +1,6 @@
 //! Claim, redeem, roll back, validate (client).
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 use actix_web::ResponseError;
@@ -45,17 +45,32 @@ use actix_web::http::StatusCode;
     security(("bearer" = []))
 )]
 pub async fn claim(
-    state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    caller: Caller,
-    client: Client,
 ) -> Result<HttpResponse, ApiError> {
+    claim_request(&req, payload, &id).await
+}
+
+/// The claim handler's work, for the routed handler above and for the
+/// edge, which sends a claim on a well-formed campaign id here without
+/// the router (`middleware::edge`: a sold-out flood is mostly routing and
+/// extraction otherwise). The extractors are the routed handler's own.
+pub async fn claim_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let mut none = actix_web::dev::Payload::None;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or(ApiError::Internal)?;
+    let caller = Caller::from_request(req, &mut none).await?;
+    let client = Client::from_request(req, &mut none).await?;
     caller.require(Permission::UseCoupons)?;
-    let (body, _): (ClaimRequest, _) = read_json(&req, payload, &state.body_limits).await?;
+    let (body, _): (ClaimRequest, _) = read_json(req, payload, &state.body_limits).await?;
     let services = &state.services;
-    let cmd = body.parse(&id, services.settings.region)?;
+    let cmd = body.parse(id, services.settings.region)?;
     // Sold out or not active, as this instance saw it less than 500 ms ago:
     // answered here, before any pseudonym, rule or Redis call.
     if let Some(refusal) = services

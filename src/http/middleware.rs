@@ -11,8 +11,9 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, ResponseError, web};
+use actix_web::{FromRequest, HttpMessage, ResponseError, web};
 use futures_util::FutureExt;
+use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -131,6 +132,22 @@ fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
 
 const ROUTES_REMEMBERED: usize = 1024;
 
+/// The campaign id of `POST /v1/campaigns/{id}/claims` when the id is a
+/// well-formed one (`[a-z0-9_-]{1,64}`: nothing to decode); any other path,
+/// method or id goes through the router.
+fn claim_campaign(req: &ServiceRequest) -> Option<String> {
+    if req.method() != actix_web::http::Method::POST {
+        return None;
+    }
+    let id = req
+        .path()
+        .strip_prefix("/v1/campaigns/")?
+        .strip_suffix("/claims")?;
+    crate::domain::campaign::CampaignId::parse(id)
+        .ok()
+        .map(|_| id.to_owned())
+}
+
 pub async fn edge(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -155,7 +172,10 @@ pub async fn edge(
     }
     let route = route_of(&req);
     let method = req.method().clone();
-    let span = tracing::info_span!("http", request_id = %id, %method, %route);
+    // The span carries the request id only (every event inside the request
+    // has it); the method and route go on the request's own line below.
+    // Each span field is formatted when the span is made, on every request.
+    let span = tracing::info_span!("http", request_id = %id);
 
     let max_header_bytes = req
         .app_data::<web::Data<AppState>>()
@@ -173,14 +193,35 @@ pub async fn edge(
     } else if header_bytes > max_header_bytes {
         Ok(req.into_response(ApiError::HeadersTooLarge(max_header_bytes).error_response()))
     } else {
-        match std::panic::AssertUnwindSafe(next.call(req).instrument(span.clone()))
+        // A claim on a well-formed campaign id skips the router: matching
+        // the routes' patterns and the extractors cost more than the rest of
+        // a sold-out refusal. Same handler, same answers (`claim_request`).
+        let handled: LocalBoxFuture<'_, Result<ServiceResponse<BoxBody>, actix_web::Error>> =
+            match claim_campaign(&req) {
+                Some(id) => {
+                    let (http, mut payload) = req.into_parts();
+                    async move {
+                        let payload = web::Payload::from_request(&http, &mut payload).await?;
+                        let res = crate::http::coupons::claim_request(&http, payload, &id)
+                            .await
+                            .unwrap_or_else(|e| e.error_response());
+                        Ok(ServiceResponse::new(http, res))
+                    }
+                    .boxed_local()
+                }
+                None => next
+                    .call(req)
+                    .map(|r| r.map(ServiceResponse::map_into_boxed_body))
+                    .boxed_local(),
+            };
+        match std::panic::AssertUnwindSafe(handled.instrument(span.clone()))
             .catch_unwind()
             .await
         {
-            Ok(Ok(res)) => Ok(res.map_into_boxed_body()),
+            Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                tracing::error!(parent: &span, "handler panicked");
+                tracing::error!(parent: &span, %method, route, "handler panicked");
                 Err(ApiError::Internal.into())
             }
         }
@@ -197,9 +238,9 @@ pub async fn edge(
     record_request(route, status, elapsed.as_secs_f64());
     let ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
-        tracing::warn!(parent: &span, status, ms, "request failed");
+        tracing::warn!(parent: &span, %method, route, status, ms, "request failed");
     } else {
-        tracing::debug!(parent: &span, status, ms, "request");
+        tracing::debug!(parent: &span, %method, route, status, ms, "request");
     }
     result
 }
@@ -216,5 +257,41 @@ impl actix_web::FromRequest for Client {
                 .copied()
                 .ok_or(ApiError::Internal),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_campaign;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn only_a_post_on_a_well_formed_id_skips_the_router() {
+        let id = |req: TestRequest| claim_campaign(&req.to_srv_request());
+        let post = |uri: &str| TestRequest::post().uri(uri);
+        assert_eq!(
+            id(post("/v1/campaigns/sale-11_a/claims")).as_deref(),
+            Some("sale-11_a")
+        );
+        assert_eq!(
+            id(post("/v1/campaigns/sale/claims?x=1")).as_deref(),
+            Some("sale")
+        );
+        for uri in [
+            "/v1/campaigns//claims",
+            "/v1/campaigns/a/b/claims",
+            "/v1/campaigns/h%00x/claims",
+            "/v1/campaigns/Sale/claims",
+            "/v1/campaigns/sale/claims/",
+            "/v1/campaigns/sale",
+        ] {
+            assert_eq!(id(post(uri)), None, "{uri}");
+        }
+        assert_eq!(
+            id(TestRequest::get().uri("/v1/campaigns/sale/claims")),
+            None
+        );
+        let long = format!("/v1/campaigns/{}/claims", "a".repeat(65));
+        assert_eq!(id(post(&long)), None);
     }
 }
