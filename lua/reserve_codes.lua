@@ -23,12 +23,17 @@ ARGV
   6  lease_ms     how long a 'pending' record keeps a duplicate out (409): a
                   stream that died is replayed by the first retry after it
   7  actor        API key name, for the audit entry
+  8  own          '1' when the record is this request's alone (keyed by the server's
+                  request id, no client key): a pending record of its fingerprint is
+                  then this very call sent again (Redis Cluster's client re-sends a
+                  call after a dropped connection), answered 'ok' with its range
 RETURNS (mode 'reserve')
   {'ok', first, count, expires_ms (0: never)}   reserved now; the record is 'pending'
   {'replay', first, count, expires_ms}          the same request again, after its
                                                 stream finished or its lease ran out:
                                                 the same codes, nothing reserved
   {'in_progress'}                               the same request is streaming now
+                                                (with own = '1': {'ok', ...} of its range)
   {'reused'}                                    same idempotency key, other request
   {'not_found'}
   {'not_active', state|'ended'}                 only 'active' and 'paused' campaigns
@@ -59,7 +64,7 @@ end
 
 local mode, now, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
-if #ARGV ~= 7 or (mode ~= 'reserve' and mode ~= 'done') or not now or not count
+if #ARGV ~= 8 or (mode ~= 'reserve' and mode ~= 'done') or not now or not count
   or count < 1 or count > 1000000 or count ~= math.floor(count)
   or string.find(ARGV[2], '[^0-9]') or not ttl or ttl < 1 or not lease or lease < 0
   or #ARGV[4] == 0
@@ -91,13 +96,16 @@ if err then return err end
 -- 1. Idempotency: one reservation per request, streamed again on a retry.
 if rec then
   if r_fp ~= ARGV[4] then return {'reused'} end
-  if r_state == 'pending' and now < tonumber(r_lease) then return {'in_progress'} end
+  local streaming = r_state == 'pending' and now < tonumber(r_lease)
+  if streaming and ARGV[8] ~= '1' then return {'in_progress'} end
   -- The reservation's expiry is its batch's (the batch is the truth).
   local b = redis.call('ZRANGEBYSCORE', KEYS[2], r_first, r_first, 'LIMIT', 0, 1)[1]
   local bexp = b and string.match(b, '^[0-9]+|[0-9]+|[0-9]+|([0-9]+)$')
   if not bexp then
     return redis.error_reply('ERR reserve_codes.lua: no batch at ' .. r_first .. ' in ' .. KEYS[2])
   end
+  -- This call's own reservation, sent again: the range it reserved.
+  if streaming then return {'ok', r_first, r_count, bexp} end
   if r_state == 'pending' then
     -- The first stream died (its lease ran out): this retry takes the lease over.
     redis.call('SET', KEYS[3], ARGV[4] .. '|pending|' .. r_first .. '|' .. r_count .. '|'

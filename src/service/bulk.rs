@@ -134,6 +134,7 @@ impl BulkService {
             fingerprint: rec.fingerprint,
             ttl_secs: rec.ttl_secs,
             lease_ms: LEASE_MS,
+            own: ctx.idempotency_key.is_none(),
         };
         // A sharded campaign reserves in shard 0 (always the same one, so a
         // retry finds its reservation there): its unclaimed stock is

@@ -43,6 +43,11 @@ pub struct ReserveIdem {
     pub ttl_secs: u64,
     /// How long a `pending` record keeps a duplicate out.
     pub lease_ms: u64,
+    /// The record is this request's alone (the server's request id, no
+    /// client key): a pending record of its fingerprint is this call sent
+    /// again (Redis Cluster's client re-sends after a dropped connection),
+    /// answered with its range rather than `in_progress`.
+    pub own: bool,
 }
 
 fn keys_of(keys: &CampaignKeys, idem: &ReserveIdem) -> [String; 5] {
@@ -128,7 +133,16 @@ impl Store {
         self.script(
             &scripts::RESERVE_CODES,
             &k.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[mode, &now, &count, &idem.fingerprint, &ttl, &lease, actor],
+            &[
+                mode,
+                &now,
+                &count,
+                &idem.fingerprint,
+                &ttl,
+                &lease,
+                actor,
+                if idem.own { "1" } else { "0" },
+            ],
         )
         .await
     }

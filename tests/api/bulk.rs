@@ -403,3 +403,57 @@ async fn codes_need_an_approved_campaign_an_admin_and_a_sane_count() {
     assert_problem(res, 404, "campaign_not_found").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_reservation_sent_twice_reserves_once() {
+    // Redis Cluster's client re-sends a call after a dropped connection. A
+    // reservation under the server's request id that arrives twice is the
+    // same call: the second gets the first's range, and nothing more is
+    // reserved. Under a client key a second arrival while the first streams
+    // is a duplicate request: 409 request_in_progress, as before.
+    use stampede::domain::campaign::CampaignId;
+    use stampede::domain::clock::Clock;
+    use stampede::store::Store;
+    use stampede::store::bulk::{ReserveIdem, ReserveOutcome};
+    use stampede::store::keys::CampaignKeys;
+    let app = spawn_app().await;
+    let id = app.create_campaign(json!({"stock": 100})).await;
+    let url = match (&app.cluster, &app.redis) {
+        (Some(c), _) => c.url(),
+        (None, Some(r)) => r.url(),
+        (None, None) => unreachable!("a test app has a Redis"),
+    };
+    let store = Store::open(&url, std::time::Duration::from_secs(2)).unwrap();
+    let keys = CampaignKeys::new(&CampaignId::parse(&id).unwrap());
+    let now = app.clock.now_ms();
+    let idem = |digest: &str, own: bool| ReserveIdem {
+        digest: digest.into(),
+        fingerprint: "fp".into(),
+        ttl_secs: 60,
+        lease_ms: 60_000,
+        own,
+    };
+    let reserve = |idem: ReserveIdem| {
+        let (store, keys) = (store.clone(), keys.clone());
+        async move {
+            store
+                .reserve_codes(&keys, now, 10, "test", &idem)
+                .await
+                .unwrap()
+        }
+    };
+    let first = reserve(idem("server-1", true)).await;
+    let ReserveOutcome::Reserved(batch) = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(reserve(idem("server-1", true)).await, first);
+    assert_eq!(app.campaign(&id).await["issued"], 10);
+    let keyed = reserve(idem("client-1", false)).await;
+    assert!(matches!(keyed, ReserveOutcome::Reserved(ref b) if b.first == batch.first + 10));
+    assert_eq!(
+        reserve(idem("client-1", false)).await,
+        ReserveOutcome::InProgress
+    );
+    assert_eq!(app.campaign(&id).await["issued"], 20);
+    app.stop().await;
+}
