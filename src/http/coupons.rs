@@ -7,7 +7,7 @@ use actix_web::ResponseError;
 
 use crate::domain::identity::Phone;
 use crate::domain::limits::Endpoint;
-use crate::guard::{Client, Guard, Outcome, Verdict, Who, outcome_of};
+use crate::guard::{Client, Guard, Outcome, Pending, Verdict, Who, outcome_of};
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::body::read_json;
@@ -165,15 +165,16 @@ async fn finish(
     Ok(res)
 }
 
-/// The guard's check of a request that carries a code (and maybe a phone):
-/// the campaign is the code's, when the code is genuine and known.
-async fn check_code_request(
+/// The guard's in-process part for a request that carries a code (and maybe
+/// a phone): block list, bans, allow list, and the rules still to check. The
+/// campaign is the code's, when the code is genuine and known.
+async fn prepare_code_request(
     services: &Services,
     client: &Client,
     endpoint: Endpoint,
     code: &str,
     phone: Option<&Phone>,
-) -> Result<Verdict, ApiError> {
+) -> Result<Pending, ApiError> {
     let campaign = services.redemptions.campaign_of(code).await.ok();
     let ids = services.guard.pseudonyms();
     let ip = ids.ip(&client.ip);
@@ -185,7 +186,19 @@ async fn check_code_request(
         device: None,
         user: None,
     };
-    services.guard.check(endpoint, client, who).await
+    services.guard.prepare(endpoint, client, who)
+}
+
+/// The guard's whole check of a request that carries a code.
+async fn check_code_request(
+    services: &Services,
+    client: &Client,
+    endpoint: Endpoint,
+    code: &str,
+    phone: Option<&Phone>,
+) -> Result<Verdict, ApiError> {
+    let pending = prepare_code_request(services, client, endpoint, code, phone).await?;
+    services.guard.run(pending).await
 }
 
 /// Redeem a code for an order, exactly once. The same (code, order_id) again
@@ -218,15 +231,7 @@ pub async fn redeem(
     let (body, _): (RedeemRequest, _) = read_json(&req, payload, &state.body_limits).await?;
     let services = &state.services;
     let cmd = body.parse(services.settings.region)?;
-    // A retry under a client key whose first answer is recorded gets it
-    // back before any rule runs, as a claim's does.
-    if let Some(first) = services.redemptions.recorded(&cmd, &caller.ctx).await? {
-        return Ok(match first {
-            Ok(r) => HttpResponse::Ok().json(RedeemResponse::from(r)),
-            Err(e) => e.error_response(),
-        });
-    }
-    let verdict = check_code_request(
+    let pending = prepare_code_request(
         services,
         &client,
         Endpoint::Redeem,
@@ -234,6 +239,16 @@ pub async fn redeem(
         cmd.phone.as_ref(),
     )
     .await?;
+    // A retry under a client key whose first answer is recorded gets it
+    // back before any rule runs (after the block list and bans), as a
+    // claim's does.
+    if let Some(first) = services.redemptions.recorded(&cmd, &caller.ctx).await? {
+        return Ok(match first {
+            Ok(r) => HttpResponse::Ok().json(RedeemResponse::from(r)),
+            Err(e) => e.error_response(),
+        });
+    }
+    let verdict = services.guard.run(pending).await?;
     let result = services.redemptions.redeem(&cmd, &caller.ctx).await;
     let outcome = outcome_of(&result);
     finish(

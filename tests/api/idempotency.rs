@@ -196,6 +196,9 @@ ban = { after = 1, duration = "10m" }
     );
     let (s4, over) = redeem("fourth", "o-4").await;
     assert_eq!((s4, over["limit"].as_str()), (429, Some("redeem-guess")));
+    // That violation banned the address: bans come before any replay.
+    let (s5, banned) = redeem("paid", "o-1").await;
+    assert_eq!((s5, banned["code"].as_str()), (403, Some("blocked")));
     assert_eq!(app.campaign(&id).await["redeemed"], 1);
     app.stop().await;
 }
