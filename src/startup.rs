@@ -49,9 +49,6 @@ pub enum StartupError {
     Durability(String),
 }
 
-/// The oldest Redis the scripts run on.
-const MIN_REDIS: (u32, u32) = (7, 0);
-
 /// Everything the service is, without HTTP.
 pub struct Services {
     pub settings: Validated,
@@ -105,16 +102,11 @@ impl Services {
         };
         let secret = load_secret(&settings)?;
         let store = Store::open(&url, settings.store_deadline)?;
-        // The scripts use Redis 7.0 commands (`EXPIREAT … NX`, `SET … GET`
-        // with NX): on an older server a claim batch would be charged and
-        // then fail. Refused at start; an unreachable Redis is waited for.
-        if let Some(v) = store.server_version().await
-            && v < MIN_REDIS
-        {
-            return Err(StartupError::Durability(format!(
-                "Redis {}.{} is too old: stampede needs Redis {}.{} or newer",
-                v.0, v.1, MIN_REDIS.0, MIN_REDIS.1
-            )));
+        // A Redis older than the scripts need is refused at start; one
+        // unreachable now is checked by the first call that reaches it
+        // (`Store::compatible`: no call goes to a Redis that is too old).
+        if let Err(e @ crate::store::StoreError::TooOld(..)) = store.check_version().await {
+            return Err(StartupError::Durability(e.to_string()));
         }
         let store = if raw.redis_wait_aof {
             // Refused at start rather than answering every claim 503.

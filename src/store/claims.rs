@@ -130,6 +130,7 @@ impl Store {
         rules: &[RuleCall],
     ) -> Result<ClaimReply> {
         debug_assert!(rules.is_empty() || !self.is_cluster());
+        self.compatible().await?;
         let deadline_ms = self.script_deadline_ms();
         let (phone, device, ip) = (
             keys::short(who.phone),

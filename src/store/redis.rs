@@ -49,7 +49,16 @@ pub enum StoreError {
     /// Redis answered something the scripts never return.
     #[error("unexpected reply from the store: {0}")]
     Protocol(String),
+    /// The Redis server is older than the scripts need ([`MIN_REDIS`]):
+    /// nothing is sent to it.
+    #[error("Redis {0}.{1} is too old: stampede needs Redis {min0}.{min1} or newer", min0 = MIN_REDIS.0, min1 = MIN_REDIS.1)]
+    TooOld(u32, u32),
 }
+
+/// The oldest Redis the scripts run on: they use 7.0 commands
+/// (`EXPIREAT … NX`, `SET … GET` with NX), so on an older server a claim
+/// batch would be charged and then fail.
+pub const MIN_REDIS: (u32, u32) = (7, 0);
 
 impl StoreError {
     pub(super) fn classify(e: RedisError) -> Self {
@@ -71,7 +80,10 @@ impl StoreError {
 
     /// True when the caller should answer 503 and have the client retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Timeout(_) | StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Timeout(_) | StoreError::Unavailable(_) | StoreError::TooOld(..)
+        )
     }
 }
 
@@ -119,6 +131,39 @@ pub struct Store {
     pub(super) claims: Arc<Batcher<ClaimCall>>,
     /// The rule checks queued per hash tag.
     pub(super) rules: Arc<Batcher<RulesCall>>,
+    /// What is known of the server's version ([`Store::compatible`]).
+    version: Arc<VersionGate>,
+}
+
+/// The server's version as far as it is known: [`UNKNOWN`](Self::UNKNOWN)
+/// until one `INFO` answers, then [`OK`](Self::OK), or the too-old version
+/// (`1 << 31 | major << 16 | minor`), which refuses every call.
+#[derive(Debug, Default)]
+struct VersionGate(std::sync::atomic::AtomicU32);
+
+impl VersionGate {
+    const UNKNOWN: u32 = 0;
+    const OK: u32 = 1;
+    const TOO_OLD: u32 = 1 << 31;
+
+    fn get(&self) -> std::result::Result<bool, StoreError> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            Self::UNKNOWN => Ok(false),
+            Self::OK => Ok(true),
+            v => Err(StoreError::TooOld((v & !Self::TOO_OLD) >> 16, v & 0xffff)),
+        }
+    }
+
+    /// Records the version read (`None`: it cannot be read, e.g. `INFO`
+    /// refused by an ACL: not checked) and tells whether calls may go.
+    fn learn(&self, version: Option<(u32, u32)>) -> Result<()> {
+        let state = match version {
+            Some(v) if v < MIN_REDIS => Self::TOO_OLD | (v.0.min(0x7fff) << 16) | v.1.min(0xffff),
+            _ => Self::OK,
+        };
+        self.0.store(state, std::sync::atomic::Ordering::Release);
+        self.get().map(|_| ())
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +205,7 @@ impl Store {
                 wait_aof: false,
                 claims: Arc::default(),
                 rules: Arc::default(),
+                version: Arc::default(),
             });
         }
         let client = redis::Client::open(url).map_err(StoreError::Failed)?;
@@ -182,6 +228,7 @@ impl Store {
             wait_aof: false,
             claims: Arc::default(),
             rules: Arc::default(),
+            version: Arc::default(),
         })
     }
 
@@ -237,13 +284,36 @@ impl Store {
         v.get(1).cloned()
     }
 
-    /// The server's (major, minor) version, from `INFO server`; `None`
-    /// when it cannot be read (Redis down: checked again at no later point).
-    pub async fn server_version(&self) -> Option<(u32, u32)> {
-        let mut cmd = redis::cmd("INFO");
-        cmd.arg("server");
-        let info: String = self.query(cmd).await.ok()?;
-        parse_version(&info)
+    /// Reads the server's version (`INFO server`) and records it: a Redis
+    /// older than [`MIN_REDIS`] is refused ([`StoreError::TooOld`]) from
+    /// then on, by every call. Redis unreachable: the error, and the check
+    /// is made again by the next call ([`Store::compatible`]). `INFO`
+    /// refused (an ACL on a managed Redis) or unparsable: not checked.
+    pub async fn check_version(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let info = self
+            .bounded_raw(async move {
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn)
+                    .await
+            })
+            .await;
+        match info {
+            Ok(info) => self.version.learn(parse_version(&info)),
+            Err(e) if e.is_unavailable() => Err(e),
+            Err(_) => self.version.learn(None),
+        }
+    }
+
+    /// Whether calls may go to this server: once its version is known, one
+    /// atomic load; until then (Redis was unreachable at start), each call
+    /// reads it first, so no call reaches a Redis that is too old.
+    pub(super) async fn compatible(&self) -> Result<()> {
+        match self.version.get()? {
+            true => Ok(()),
+            false => self.check_version().await,
+        }
     }
 
     /// A handle on the connection (a clone: cheap).
@@ -290,8 +360,18 @@ impl Store {
         Ok((s * 1_000_000 + us - (before + after) / 2) / 1000)
     }
 
-    /// Runs `fut` on the Redis runtime, bounded by the deadline.
+    /// Runs `fut` on the Redis runtime, bounded by the deadline, once the
+    /// server is known not to be too old ([`Store::compatible`]).
     pub(super) async fn bounded<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.compatible().await?;
+        self.bounded_raw(fut).await
+    }
+
+    /// [`Store::bounded`] without the version check.
+    async fn bounded_raw<T: Send + 'static>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T> {
@@ -371,5 +451,31 @@ mod version_tests {
         let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
         assert_eq!(super::parse_version(info), Some((7, 0)));
         assert_eq!(super::parse_version("nothing"), None);
+    }
+
+    #[test]
+    fn a_redis_too_old_is_refused_from_the_moment_it_is_known() {
+        use super::{StoreError, VersionGate};
+        let gate = VersionGate::default();
+        assert!(
+            matches!(gate.get(), Ok(false)),
+            "unknown until INFO answers"
+        );
+        assert!(matches!(
+            gate.learn(Some((6, 2))),
+            Err(StoreError::TooOld(6, 2))
+        ));
+        assert!(matches!(gate.get(), Err(StoreError::TooOld(6, 2))));
+        let e = gate.get().unwrap_err();
+        assert!(e.is_unavailable());
+        assert_eq!(
+            e.to_string(),
+            "Redis 6.2 is too old: stampede needs Redis 7.0 or newer"
+        );
+        for ok in [Some((7, 0)), Some((8, 2)), None] {
+            let gate = VersionGate::default();
+            assert!(gate.learn(ok).is_ok(), "{ok:?}");
+            assert!(matches!(gate.get(), Ok(true)));
+        }
     }
 }

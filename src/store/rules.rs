@@ -202,6 +202,7 @@ impl Store {
         let Some(first) = keys.first() else {
             return Ok(Vec::new());
         };
+        self.compatible().await?;
         // On a cluster, one lane per hash tag (a call is one slot); on one
         // node, one lane for every request.
         let lane = if self.is_cluster() {

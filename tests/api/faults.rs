@@ -433,3 +433,28 @@ async fn a_failing_script_changes_nothing() {
     assert_eq!(app.post("/v1/redemptions", &redeem).await.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_started_before_its_redis_serves_once_redis_is_up() {
+    crate::single_node_only!("starts and stops one redis-server by hand");
+    // Redis unreachable at start: the service starts, not ready, and reads
+    // the server's version on the first call that reaches it (no call goes
+    // to a Redis too old for the scripts), then serves.
+    let mut redis = RedisServer::start();
+    redis.kill9();
+    let mut app = spawn_with_settings(test_settings(Some(redis.url()))).await;
+    assert_ne!(ready(&app).await, 200);
+    let res = app
+        .post(
+            "/v1/campaigns",
+            &json!({"name": "n", "stock": 5, "coupon": {"kind": "amount_off", "amount_off": 100}}),
+        )
+        .await;
+    assert_problem(res, 503, "unavailable").await;
+    redis.restart();
+    wait_ready(&app, Duration::from_secs(15)).await;
+    let id = app.create_campaign(json!({})).await;
+    assert_eq!(app.claim(&id, &phone(1), "d").await.status(), 201);
+    app.redis = Some(redis);
+    app.stop().await;
+}
