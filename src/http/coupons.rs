@@ -87,7 +87,12 @@ pub async fn claim_request(
         device: Some((&cmd.device, &claimant.device)),
         user: cmd.user_id.as_deref(),
     };
-    let pending = services.guard.prepare(Endpoint::Claim, &client, who)?;
+    let pending = refused_by_rule(
+        services,
+        &cmd.campaign,
+        services.guard.prepare(Endpoint::Claim, &client, who),
+    )
+    .await?;
     // On a single node the rules go in the claim's own script call (one
     // round trip, one batch); a claim under an Idempotency-Key keeps the
     // order of its own key's record (rules, then the key) with two calls.
@@ -133,14 +138,19 @@ pub async fn claim_request(
     .await
 }
 
-/// Counts a claim a rate rule refused in its campaign's statistics.
-async fn refused_by_rule(
+/// Counts a claim the guard refused (a rate rule, the block list, a ban)
+/// in its campaign's statistics.
+async fn refused_by_rule<T>(
     services: &Services,
     campaign: &crate::domain::campaign::CampaignId,
-    verdict: Result<Verdict, ApiError>,
-) -> Result<Verdict, ApiError> {
-    if let Err(ApiError::LimitExceeded { limit, .. }) = &verdict {
-        services.campaigns.count_rule_refusal(campaign, limit).await;
+    verdict: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match &verdict {
+        Err(ApiError::LimitExceeded { limit, .. }) => {
+            services.campaigns.count_rule_refusal(campaign, limit).await;
+        }
+        Err(ApiError::Blocked { .. }) => services.claims.count_blocked(campaign),
+        _ => {}
     }
     verdict
 }

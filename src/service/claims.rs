@@ -14,6 +14,7 @@ use crate::service::catalog::Catalog;
 use crate::service::idempotency::Idempotency;
 use crate::service::shards;
 use crate::service::soldout::SoldOut;
+use crate::service::tally::Tally;
 use crate::store::keys::CampaignKeys;
 use crate::store::rules::{RuleCall, RuleResult};
 use crate::store::{ClaimIds, ClaimOutcome, Store};
@@ -69,6 +70,7 @@ pub fn rollout_bucket(phone: &Pseudonym) -> u8 {
 pub struct ClaimService {
     store: Store,
     soldout: Arc<SoldOut>,
+    tally: Tally,
     catalog: Arc<Catalog>,
     idem: Idempotency,
     codes: CodeKey,
@@ -89,6 +91,7 @@ impl ClaimService {
         Self {
             store,
             soldout,
+            tally: Tally::default(),
             catalog,
             idem,
             codes,
@@ -137,9 +140,25 @@ impl ClaimService {
         Some(e)
     }
 
-    /// Counts the refusals answered from memory in each campaign's stats.
+    /// Counts a claim on `campaign` that the block list or a ban refused
+    /// (added to its stats by [`ClaimService::flush_remembered`]).
+    pub fn count_blocked(&self, campaign: &CampaignId) {
+        self.tally.add(campaign.as_str(), "rej:blocked");
+    }
+
+    /// Counts the refusals answered from memory (sold out, not active) and
+    /// those the guard decided in process (blocked, on campaigns that
+    /// exist) in each campaign's stats.
     pub async fn flush_remembered(&self) {
-        for (id, field, n) in self.soldout.flush(Instant::now()) {
+        let mut counts = self.soldout.flush(Instant::now());
+        for (id, field, n) in self.tally.take() {
+            if let Ok(id) = CampaignId::parse(&id)
+                && let Ok(Some(_)) = self.catalog.get(&id).await
+            {
+                counts.push((id.as_str().to_owned(), field, n));
+            }
+        }
+        for (id, field, n) in counts {
             let Ok(id) = CampaignId::parse(&id) else {
                 continue;
             };

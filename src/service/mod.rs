@@ -15,6 +15,7 @@
 //! - [`reports`]: stats and the audit trail.
 //! - [`shards`]: a claim on a sharded campaign whose shard is dry or missing (refill, retry).
 //! - [`soldout`]: the in-process memory of campaigns that cannot issue now (floods answered without Redis).
+//! - [`tally`]: refusals decided in process (block list, bans), added to the campaigns' stats once a second.
 //! - [`catalog`]: the in-process cache of what never changes about a campaign.
 //! - [`idempotency`]: the record every script call carries (client key or server request id).
 
@@ -28,6 +29,7 @@ pub mod redemptions;
 pub mod reports;
 pub mod shards;
 pub mod soldout;
+pub mod tally;
 pub mod warroom;
 
 /// Who is asking, and how their retries are recognised.

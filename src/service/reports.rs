@@ -61,6 +61,7 @@ impl ReportService {
                     let code = match name {
                         "sold_out" => "sold_out",
                         "not_active" => "campaign_not_active",
+                        "blocked" => "blocked",
                         "per_phone" | "per_device" | "per_ip" => {
                             *s.by_limit.entry(name.to_owned()).or_default() += n;
                             "limit_exceeded"

@@ -409,6 +409,27 @@ ips = ["192.0.2.10/32"]
     let n = app.claim_from(&c, &phone(21), "n2", "192.0.2.11").await;
     assert_problem(n, 429, "limit_exceeded").await;
     assert_eq!(app.campaign(&c).await["issued"], 5);
+    // The campaign's stats count the blocked claims (in process, added
+    // once a second) next to the rule's refusal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s: Value = app
+            .get(&format!("/v1/campaigns/{c}/stats"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let by_code = &s["rejections"]["by_code"];
+        if by_code["blocked"] == 3 {
+            assert_eq!(by_code["limit_exceeded"], 1, "{s}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blocked claims never counted: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     app.stop().await;
 }
 

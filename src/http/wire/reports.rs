@@ -11,7 +11,8 @@ use crate::store::reports::AuditPage;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Rejections {
-    /// By API error `code` (`sold_out`, `campaign_not_active`, `limit_exceeded`, `not_eligible`).
+    /// By API error `code` (`sold_out`, `campaign_not_active`, `limit_exceeded`, `not_eligible`,
+    /// `blocked`: the block list or a ban, counted in process and added once a second).
     pub by_code: BTreeMap<String, i64>,
     /// By limit: campaign quotas (`per_phone`, ...) and rate-rule names.
     pub by_limit: BTreeMap<String, i64>,

@@ -1,0 +1,61 @@
+//! Refusals decided in process (the block list, a ban), counted per
+//! campaign and added to its statistics once a second
+//! (`ClaimService::flush_remembered`), so a flood of blocked claims costs no
+//! Redis call per request. At most [`MAX_CAMPAIGNS`] campaigns are tallied
+//! between two flushes (a flood of made-up ids cannot grow it further), and
+//! a flush writes only the campaigns that exist.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Distinct campaigns counted between two flushes.
+pub const MAX_CAMPAIGNS: usize = 4096;
+
+#[derive(Debug, Default)]
+pub struct Tally(Mutex<HashMap<(String, &'static str), u64>>);
+
+impl Tally {
+    /// One more refusal of `field` (a stats field, e.g. `rej:blocked`) on
+    /// campaign `id`.
+    pub fn add(&self, id: &str, field: &'static str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&(id.to_owned(), field)) {
+            *n += 1;
+        } else if m.len() < MAX_CAMPAIGNS {
+            m.insert((id.to_owned(), field), 1);
+        }
+    }
+
+    /// Everything counted since the last call.
+    pub fn take(&self) -> Vec<(String, &'static str, u64)> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.drain().map(|((id, field), n)| (id, field, n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_until_taken_and_bounds_the_campaigns() {
+        let t = Tally::default();
+        t.add("a", "rej:blocked");
+        t.add("a", "rej:blocked");
+        t.add("b", "rej:blocked");
+        let mut got = t.take();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), "rej:blocked", 2),
+                ("b".into(), "rej:blocked", 1)
+            ]
+        );
+        assert!(t.take().is_empty());
+        for i in 0..MAX_CAMPAIGNS + 10 {
+            t.add(&format!("c{i}"), "rej:blocked");
+        }
+        assert_eq!(t.take().len(), MAX_CAMPAIGNS);
+    }
+}
