@@ -132,15 +132,19 @@ impl Catalog {
             .collect()
     }
 
-    /// The campaign `id`, from the cache or the store; `None` if it does not exist.
-    pub async fn get(&self, id: &CampaignId) -> Result<Option<Arc<CampaignInfo>>, ApiError> {
-        if let Some(i) = self
-            .by_id
+    /// The campaign `id` when this instance has it in memory (no store call).
+    pub fn cached(&self, id: &str) -> Option<Arc<CampaignInfo>> {
+        self.by_id
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(id.as_str())
-        {
-            return Ok(Some(i.clone()));
+            .get(id)
+            .cloned()
+    }
+
+    /// The campaign `id`, from the cache or the store; `None` if it does not exist.
+    pub async fn get(&self, id: &CampaignId) -> Result<Option<Arc<CampaignInfo>>, ApiError> {
+        if let Some(i) = self.cached(id.as_str()) {
+            return Ok(Some(i));
         }
         let keys = CampaignKeys::new(id);
         let Some(stored) = self.store.campaign(&keys).await? else {

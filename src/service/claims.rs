@@ -151,11 +151,25 @@ impl ClaimService {
     /// exist) in each campaign's stats.
     pub async fn flush_remembered(&self) {
         let mut counts = self.soldout.flush(Instant::now());
+        // A campaign this instance does not hold in memory is looked up in
+        // the store, at most LOOKUPS a flush: blocked claims on made-up ids
+        // cost a bounded number of reads, and write no stats.
+        const LOOKUPS: usize = 16;
+        let mut lookups = 0;
         for (id, field, n) in self.tally.take() {
-            if let Ok(id) = CampaignId::parse(&id)
-                && let Ok(Some(_)) = self.catalog.get(&id).await
-            {
-                counts.push((id.as_str().to_owned(), field, n));
+            let known = match self.catalog.cached(&id) {
+                Some(_) => true,
+                None if lookups < LOOKUPS => {
+                    lookups += 1;
+                    match CampaignId::parse(&id) {
+                        Ok(cid) => matches!(self.catalog.get(&cid).await, Ok(Some(_))),
+                        Err(_) => false,
+                    }
+                }
+                None => false,
+            };
+            if known {
+                counts.push((id, field, n));
             }
         }
         for (id, field, n) in counts {

@@ -3,7 +3,8 @@
 //! (`ClaimService::flush_remembered`), so a flood of blocked claims costs no
 //! Redis call per request. At most [`MAX_CAMPAIGNS`] campaigns are tallied
 //! between two flushes (a flood of made-up ids cannot grow it further), and
-//! a flush writes only the campaigns that exist.
+//! a flush writes only the campaigns that exist (those in the catalog's
+//! memory, and at most 16 looked up in the store a flush).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -14,6 +14,7 @@
 //!   (`stock_shards`): routing, serials, stock moved to a dry shard.
 //! - [`outbox`] reads the webhook outboxes through their consumer group.
 //! - [`managed`] runs the embedded `redis-server` when no URL is configured.
+//! - [`version`] refuses a Redis older than the scripts need, at start or later.
 
 mod batch;
 pub mod bulk;
@@ -29,6 +30,7 @@ pub mod reports;
 pub mod rules;
 pub mod scripts;
 pub mod shards;
+pub mod version;
 
 pub use self::campaigns::{CreateIdem, CreateOutcome, StoredCampaign};
 pub use self::claims::{ClaimIds, ClaimOutcome};

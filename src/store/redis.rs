@@ -28,6 +28,7 @@ use crate::store::batch::Batcher;
 use crate::store::claims::ClaimCall;
 use crate::store::rules::RulesCall;
 use crate::store::scripts;
+use crate::store::version::{MIN_REDIS, VersionGate};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +54,11 @@ pub enum StoreError {
     /// nothing is sent to it.
     #[error("Redis {0}.{1} is too old: stampede needs Redis {min0}.{min1} or newer", min0 = MIN_REDIS.0, min1 = MIN_REDIS.1)]
     TooOld(u32, u32),
+    /// The server's version is not known yet (Redis was unreachable at
+    /// start): no call is sent until it is (`store::version`).
+    #[error("the store's version is being checked; retry")]
+    VersionUnknown,
 }
-
-/// The oldest Redis the scripts run on: they use 7.0 commands
-/// (`EXPIREAT … NX`, `SET … GET` with NX), so on an older server a claim
-/// batch would be charged and then fail.
-pub const MIN_REDIS: (u32, u32) = (7, 0);
 
 impl StoreError {
     pub(super) fn classify(e: RedisError) -> Self {
@@ -82,7 +82,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Timeout(_) | StoreError::Unavailable(_) | StoreError::TooOld(..)
+            StoreError::Timeout(_)
+                | StoreError::Unavailable(_)
+                | StoreError::TooOld(..)
+                | StoreError::VersionUnknown
         )
     }
 }
@@ -132,38 +135,7 @@ pub struct Store {
     /// The rule checks queued per hash tag.
     pub(super) rules: Arc<Batcher<RulesCall>>,
     /// What is known of the server's version ([`Store::compatible`]).
-    version: Arc<VersionGate>,
-}
-
-/// The server's version as far as it is known: [`UNKNOWN`](Self::UNKNOWN)
-/// until one `INFO` answers, then [`OK`](Self::OK), or the too-old version
-/// (`1 << 31 | major << 16 | minor`), which refuses every call.
-#[derive(Debug, Default)]
-struct VersionGate(std::sync::atomic::AtomicU32);
-
-impl VersionGate {
-    const UNKNOWN: u32 = 0;
-    const OK: u32 = 1;
-    const TOO_OLD: u32 = 1 << 31;
-
-    fn get(&self) -> std::result::Result<bool, StoreError> {
-        match self.0.load(std::sync::atomic::Ordering::Acquire) {
-            Self::UNKNOWN => Ok(false),
-            Self::OK => Ok(true),
-            v => Err(StoreError::TooOld((v & !Self::TOO_OLD) >> 16, v & 0xffff)),
-        }
-    }
-
-    /// Records the version read (`None`: it cannot be read, e.g. `INFO`
-    /// refused by an ACL: not checked) and tells whether calls may go.
-    fn learn(&self, version: Option<(u32, u32)>) -> Result<()> {
-        let state = match version {
-            Some(v) if v < MIN_REDIS => Self::TOO_OLD | (v.0.min(0x7fff) << 16) | v.1.min(0xffff),
-            _ => Self::OK,
-        };
-        self.0.store(state, std::sync::atomic::Ordering::Release);
-        self.get().map(|_| ())
-    }
+    pub(super) version: Arc<VersionGate>,
 }
 
 impl std::fmt::Debug for Store {
@@ -284,38 +256,6 @@ impl Store {
         v.get(1).cloned()
     }
 
-    /// Reads the server's version (`INFO server`) and records it: a Redis
-    /// older than [`MIN_REDIS`] is refused ([`StoreError::TooOld`]) from
-    /// then on, by every call. Redis unreachable: the error, and the check
-    /// is made again by the next call ([`Store::compatible`]). `INFO`
-    /// refused (an ACL on a managed Redis) or unparsable: not checked.
-    pub async fn check_version(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let info = self
-            .bounded_raw(async move {
-                redis::cmd("INFO")
-                    .arg("server")
-                    .query_async::<String>(&mut conn)
-                    .await
-            })
-            .await;
-        match info {
-            Ok(info) => self.version.learn(parse_version(&info)),
-            Err(e) if e.is_unavailable() => Err(e),
-            Err(_) => self.version.learn(None),
-        }
-    }
-
-    /// Whether calls may go to this server: once its version is known, one
-    /// atomic load; until then (Redis was unreachable at start), each call
-    /// reads it first, so no call reaches a Redis that is too old.
-    pub(super) async fn compatible(&self) -> Result<()> {
-        match self.version.get()? {
-            true => Ok(()),
-            false => self.check_version().await,
-        }
-    }
-
     /// A handle on the connection (a clone: cheap).
     pub(super) fn conn(&self) -> Conn {
         self.conn.clone()
@@ -371,7 +311,7 @@ impl Store {
     }
 
     /// [`Store::bounded`] without the version check.
-    async fn bounded_raw<T: Send + 'static>(
+    pub(super) async fn bounded_raw<T: Send + 'static>(
         &self,
         fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
     ) -> Result<T> {
@@ -429,53 +369,5 @@ impl Store {
                 .await?;
         }
         Ok(())
-    }
-}
-
-/// `redis_version:7.0.15` in an `INFO` text, as (7, 0). On a cluster,
-/// INFO answers from one node; the first version line is taken.
-fn parse_version(info: &str) -> Option<(u32, u32)> {
-    let v = info
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("redis_version:"))?;
-    let mut parts = v.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-#[cfg(test)]
-mod version_tests {
-    #[test]
-    fn the_version_is_read_from_info() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
-        assert_eq!(super::parse_version(info), Some((7, 0)));
-        assert_eq!(super::parse_version("nothing"), None);
-    }
-
-    #[test]
-    fn a_redis_too_old_is_refused_from_the_moment_it_is_known() {
-        use super::{StoreError, VersionGate};
-        let gate = VersionGate::default();
-        assert!(
-            matches!(gate.get(), Ok(false)),
-            "unknown until INFO answers"
-        );
-        assert!(matches!(
-            gate.learn(Some((6, 2))),
-            Err(StoreError::TooOld(6, 2))
-        ));
-        assert!(matches!(gate.get(), Err(StoreError::TooOld(6, 2))));
-        let e = gate.get().unwrap_err();
-        assert!(e.is_unavailable());
-        assert_eq!(
-            e.to_string(),
-            "Redis 6.2 is too old: stampede needs Redis 7.0 or newer"
-        );
-        for ok in [Some((7, 0)), Some((8, 2)), None] {
-            let gate = VersionGate::default();
-            assert!(gate.learn(ok).is_ok(), "{ok:?}");
-            assert!(matches!(gate.get(), Ok(true)));
-        }
     }
 }

@@ -418,12 +418,7 @@ async fn a_reservation_sent_twice_reserves_once() {
     use stampede::store::keys::CampaignKeys;
     let app = spawn_app().await;
     let id = app.create_campaign(json!({"stock": 100})).await;
-    let url = match (&app.cluster, &app.redis) {
-        (Some(c), _) => c.url(),
-        (None, Some(r)) => r.url(),
-        (None, None) => unreachable!("a test app has a Redis"),
-    };
-    let store = Store::open(&url, std::time::Duration::from_secs(2)).unwrap();
+    let store = Store::open(&app.store_url(), std::time::Duration::from_secs(2)).unwrap();
     let keys = CampaignKeys::new(&CampaignId::parse(&id).unwrap());
     let now = app.clock.now_ms();
     let idem = |digest: &str, own: bool| ReserveIdem {

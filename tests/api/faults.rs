@@ -458,3 +458,17 @@ async fn a_service_started_before_its_redis_serves_once_redis_is_up() {
     app.redis = Some(redis);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_servers_version_is_read_on_one_node_and_on_a_cluster() {
+    // On a cluster every master answers INFO (a map of node to text): the
+    // oldest is read, not skipped as unreadable.
+    let app = spawn_app().await;
+    let store = stampede::store::Store::open(&app.store_url(), Duration::from_secs(2)).unwrap();
+    let v = store.check_version().await.unwrap();
+    assert!(
+        v.is_some_and(|v| v >= stampede::store::version::MIN_REDIS),
+        "{v:?}"
+    );
+    app.stop().await;
+}

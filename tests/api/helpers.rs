@@ -242,6 +242,15 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// The URL of the app's store: its redis-server, or its cluster.
+    pub fn store_url(&self) -> String {
+        match (&self.cluster, &self.redis) {
+            (Some(c), _) => c.url(),
+            (None, Some(r)) => r.url(),
+            (None, None) => unreachable!("a test app has a Redis"),
+        }
+    }
+
     pub fn redis(&self) -> &RedisServer {
         self.redis
             .as_ref()
