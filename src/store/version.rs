@@ -31,6 +31,8 @@ pub struct VersionGate {
     state: AtomicU32,
     /// A check is under way (one at a time).
     checking: AtomicBool,
+    /// A check was made (or started) at least once.
+    attempted: AtomicBool,
     /// Unix ms of the last check that answered.
     checked_ms: AtomicI64,
 }
@@ -75,6 +77,7 @@ impl Store {
     /// refused (`NOPERM`, or renamed away: `ERR`) or without a version
     /// line: not checked. Returns the version read (`None`: not checked).
     pub async fn check_version(&self) -> Result<Option<(u32, u32)>> {
+        self.version.attempted.store(true, Ordering::Release);
         let conn = self.conn();
         let info = self
             .bounded_raw(async move {
@@ -94,10 +97,15 @@ impl Store {
     }
 
     /// Whether a call may go to this server now: one atomic load once the
-    /// version is known; until then `503`, with one check started.
+    /// version is known; until then `503`, with one check started. (The
+    /// first call on a store nobody checked yet checks first itself: the
+    /// service checks at start, a library user need not.)
     pub(super) async fn compatible(&self) -> Result<()> {
         match self.version.get() {
             Ok(true) => Ok(()),
+            Ok(false) if !self.version.attempted.swap(true, Ordering::AcqRel) => {
+                self.check_version().await.map(|_| ())
+            }
             Ok(false) => {
                 self.check_in_background();
                 Err(StoreError::VersionUnknown)
