@@ -6,6 +6,7 @@ use crate::domain::campaign::Quota;
 use crate::domain::identity::Pseudonym;
 use crate::store::Idem;
 use crate::store::batch;
+use crate::store::coupons::Recorded;
 use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
 use crate::store::rules::{RuleCall, RuleResult, parse_rule_results};
@@ -238,19 +239,16 @@ impl Store {
         keys: &CampaignKeys,
         idem: &Idem,
     ) -> Result<Option<ClaimOutcome>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(keys.idempotency(&idem.digest));
-        let Some(rec) = self.query::<Option<String>>(cmd).await? else {
-            return Ok(None);
-        };
-        let mut parts: Vec<String> = rec.split('|').map(str::to_owned).collect();
-        if parts.first() != Some(&idem.fingerprint) {
-            return Ok(Some(ClaimOutcome::KeyReused));
-        }
-        // As claim.lua replays it: the fields, then the replay flag.
-        parts.remove(0);
-        parts.push("1".to_owned());
-        parse_outcome(&parts).map(Some)
+        Ok(match self.recorded(keys, idem).await? {
+            None => None,
+            Some(Recorded::Reused) => Some(ClaimOutcome::KeyReused),
+            Some(Recorded::Answer(answer)) => {
+                // As claim.lua replays it: the fields, then the replay flag.
+                let mut parts: Vec<String> = answer.split('|').map(str::to_owned).collect();
+                parts.push("1".to_owned());
+                Some(parse_outcome(&parts)?)
+            }
+        })
     }
 }
 

@@ -55,6 +55,14 @@ impl CodeState {
     }
 }
 
+/// What a client key's record holds for this request.
+pub(super) enum Recorded {
+    /// The key came with another request.
+    Reused,
+    /// The first answer, as the script recorded it (after the fingerprint).
+    Answer(String),
+}
+
 /// Idempotency of one script call: the record's key digest, the request's
 /// fingerprint, how long the record lives and whether rejections are kept.
 #[derive(Debug, Clone)]
@@ -127,21 +135,38 @@ impl Store {
         keys: &CampaignKeys,
         idem: &Idem,
     ) -> Result<Option<RedeemOutcome>> {
+        // As redeem.lua replays it: the answer is a JSON array.
+        Ok(match self.recorded(keys, idem).await? {
+            None => None,
+            Some(Recorded::Reused) => Some(RedeemOutcome::KeyReused),
+            Some(Recorded::Answer(answer)) => {
+                let out: Vec<String> = serde_json::from_str(&answer)
+                    .map_err(|e| StoreError::Protocol(format!("redemption record: {e}")))?;
+                Some(parse_redeem(&out)?)
+            }
+        })
+    }
+
+    /// A claim's or redemption's record under a client key (`fingerprint
+    /// '|' answer`, as its script wrote it), when there is one.
+    pub(super) async fn recorded(
+        &self,
+        keys: &CampaignKeys,
+        idem: &Idem,
+    ) -> Result<Option<Recorded>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(keys.idempotency(&idem.digest));
         let Some(rec) = self.query::<Option<String>>(cmd).await? else {
             return Ok(None);
         };
-        // As redeem.lua replays it: fingerprint '|' the answer's JSON array.
         let Some((fp, answer)) = rec.split_once('|') else {
-            return Err(StoreError::Protocol(format!("redemption record: {rec:?}")));
+            return Err(StoreError::Protocol(format!("idempotency record: {rec:?}")));
         };
-        if fp != idem.fingerprint {
-            return Ok(Some(RedeemOutcome::KeyReused));
-        }
-        let out: Vec<String> = serde_json::from_str(answer)
-            .map_err(|e| StoreError::Protocol(format!("redemption record: {e}")))?;
-        parse_redeem(&out).map(Some)
+        Ok(Some(if fp == idem.fingerprint {
+            Recorded::Answer(answer.to_owned())
+        } else {
+            Recorded::Reused
+        }))
     }
 
     pub async fn rollback(
