@@ -87,7 +87,7 @@ pub async fn claim_request(
         device: Some((&cmd.device, &claimant.device)),
         user: cmd.user_id.as_deref(),
     };
-    let pending = refused_by_rule(
+    let pending = refused_by_guard(
         services,
         &cmd.campaign,
         services.guard.prepare(Endpoint::Claim, &client, who),
@@ -107,7 +107,7 @@ pub async fn claim_request(
             Some(results) => services.guard.decide(pending, &results).await,
             None => services.guard.run(pending).await,
         };
-        let verdict = refused_by_rule(services, &cmd.campaign, verdict).await?;
+        let verdict = refused_by_guard(services, &cmd.campaign, verdict).await?;
         (verdict, checked.result.unwrap_or(Err(ApiError::Internal)))
     } else {
         // A retry under a client key whose first answer is recorded gets it
@@ -124,7 +124,7 @@ pub async fn claim_request(
             });
         }
         let verdict = services.guard.run(pending).await;
-        let verdict = refused_by_rule(services, &cmd.campaign, verdict).await?;
+        let verdict = refused_by_guard(services, &cmd.campaign, verdict).await?;
         let result = services.claims.claim(&cmd, &claimant, &caller.ctx).await;
         (verdict, result)
     };
@@ -140,7 +140,7 @@ pub async fn claim_request(
 
 /// Counts a claim the guard refused (a rate rule, the block list, a ban)
 /// in its campaign's statistics.
-async fn refused_by_rule<T>(
+async fn refused_by_guard<T>(
     services: &Services,
     campaign: &crate::domain::campaign::CampaignId,
     verdict: Result<T, ApiError>,
