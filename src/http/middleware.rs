@@ -181,7 +181,9 @@ pub async fn edge(
     let route = route_of(&req);
     let method = req.method().clone();
     // The span carries the request id and the route (every event inside the
-    // request has them); the method goes on the request's own line below.
+    // request has them); the request's own line below names the method and
+    // the route again (at a level where this info span is off, it has no
+    // parent).
     // Each span field is formatted when the span is made, on every request:
     // two plain strings, no `Display` of the method.
     let span = tracing::info_span!("http", request_id = id.as_str(), route);
@@ -230,7 +232,7 @@ pub async fn edge(
             Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                tracing::error!(parent: &span, %method, "handler panicked");
+                tracing::error!(parent: &span, %method, route, "handler panicked");
                 Err(ApiError::Internal.into())
             }
         }
@@ -247,9 +249,9 @@ pub async fn edge(
     record_request(route, status, elapsed.as_secs_f64());
     let ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
-        tracing::warn!(parent: &span, %method, status, ms, "request failed");
+        tracing::warn!(parent: &span, %method, route, status, ms, "request failed");
     } else {
-        tracing::debug!(parent: &span, %method, status, ms, "request");
+        tracing::debug!(parent: &span, %method, route, status, ms, "request");
     }
     result
 }

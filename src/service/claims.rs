@@ -143,7 +143,8 @@ impl ClaimService {
     /// Counts a claim on `campaign` that the block list or a ban refused
     /// (added to its stats by [`ClaimService::flush_remembered`]).
     pub fn count_blocked(&self, campaign: &CampaignId) {
-        self.tally.add(campaign.as_str(), "rej:blocked");
+        let known = self.catalog.cached(campaign.as_str()).is_some();
+        self.tally.add(campaign.as_str(), "rej:blocked", known);
     }
 
     /// Counts the refusals answered from memory (sold out, not active) and

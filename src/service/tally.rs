@@ -1,8 +1,9 @@
 //! Refusals decided in process (the block list, a ban), counted per
 //! campaign and added to its statistics once a second
 //! (`ClaimService::flush_remembered`), so a flood of blocked claims costs no
-//! Redis call per request. At most [`MAX_CAMPAIGNS`] campaigns are tallied
-//! between two flushes (a flood of made-up ids cannot grow it further), and
+//! Redis call per request. Campaigns this instance holds are always counted;
+//! at most [`MAX_CAMPAIGNS`] others between two flushes (a flood of made-up
+//! ids cannot grow it further, nor crowd the real ones out), and
 //! a flush writes only the campaigns that exist (those in the catalog's
 //! memory, and at most 16 looked up in the store a flush).
 
@@ -17,12 +18,14 @@ pub struct Tally(Mutex<HashMap<(String, &'static str), u64>>);
 
 impl Tally {
     /// One more refusal of `field` (a stats field, e.g. `rej:blocked`) on
-    /// campaign `id`.
-    pub fn add(&self, id: &str, field: &'static str) {
+    /// campaign `id`. A campaign the caller knows exists (`known`) is
+    /// always counted; others only while fewer than [`MAX_CAMPAIGNS`] are
+    /// tallied, so a flood of made-up ids cannot crowd out real ones.
+    pub fn add(&self, id: &str, field: &'static str, known: bool) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&(id.to_owned(), field)) {
             *n += 1;
-        } else if m.len() < MAX_CAMPAIGNS {
+        } else if known || m.len() < MAX_CAMPAIGNS {
             m.insert((id.to_owned(), field), 1);
         }
     }
@@ -41,9 +44,9 @@ mod tests {
     #[test]
     fn counts_until_taken_and_bounds_the_campaigns() {
         let t = Tally::default();
-        t.add("a", "rej:blocked");
-        t.add("a", "rej:blocked");
-        t.add("b", "rej:blocked");
+        t.add("a", "rej:blocked", false);
+        t.add("a", "rej:blocked", false);
+        t.add("b", "rej:blocked", false);
         let mut got = t.take();
         got.sort();
         assert_eq!(
@@ -55,8 +58,11 @@ mod tests {
         );
         assert!(t.take().is_empty());
         for i in 0..MAX_CAMPAIGNS + 10 {
-            t.add(&format!("c{i}"), "rej:blocked");
+            t.add(&format!("c{i}"), "rej:blocked", false);
         }
-        assert_eq!(t.take().len(), MAX_CAMPAIGNS);
+        t.add("real", "rej:blocked", true);
+        let got = t.take();
+        assert_eq!(got.len(), MAX_CAMPAIGNS + 1);
+        assert!(got.contains(&("real".into(), "rej:blocked", 1)));
     }
 }

@@ -10,7 +10,11 @@
 //! is too old. Once a Redis is found too old every call answers `503`
 //! ([`StoreError::TooOld`]) and the version is read again at most every
 //! [`RECHECK_MS`], so an upgrade in place is followed without a restart.
-//! On a cluster `INFO` is answered by every master: the oldest counts.
+//! On a cluster `INFO` is answered by every master: the oldest counts (a
+//! master down then, or an `INFO` refused, leaves the version unchecked
+//! rather than every call refused). Concurrent first calls on a store that
+//! nobody checked (a library user's; the service checks at start) may get
+//! `503` while the first one checks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
@@ -33,7 +37,7 @@ pub struct VersionGate {
     checking: AtomicBool,
     /// A check was made (or started) at least once.
     attempted: AtomicBool,
-    /// Unix ms of the last check that answered.
+    /// [`mono_ms`] of the last check that answered.
     checked_ms: AtomicI64,
 }
 
@@ -64,18 +68,22 @@ impl VersionGate {
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Monotonic ms since the first call (a clock step cannot stop re-checks).
+fn mono_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
 }
 
 impl Store {
     /// Reads the server's version (`INFO server`) and records it: a Redis
-    /// older than [`MIN_REDIS`] is refused ([`StoreError::TooOld`]). Redis
-    /// unreachable: the error, and the version stays unknown. `INFO`
-    /// refused (`NOPERM`, or renamed away: `ERR`) or without a version
-    /// line: not checked. Returns the version read (`None`: not checked).
+    /// older than [`MIN_REDIS`] is refused ([`StoreError::TooOld`]). A
+    /// single Redis unreachable: the error, and the version stays unknown.
+    /// `INFO` refused (`NOPERM`, renamed away), a failed AUTH, a cluster
+    /// master down, or no version line: not checked (logged). Returns the
+    /// version read (`None`: not checked).
     pub async fn check_version(&self) -> Result<Option<(u32, u32)>> {
         self.version.attempted.store(true, Ordering::Release);
         let conn = self.conn();
@@ -90,10 +98,18 @@ impl Store {
             .await;
         let version = match info {
             Ok(v) => oldest_version(&v),
-            Err(StoreError::Failed(e)) if matches!(e.code(), Some("NOPERM" | "ERR")) => None,
-            Err(e) => return Err(e),
+            // On a cluster `INFO` goes to every master: one master down
+            // fails it, and must not hold up the slots of the others.
+            Err(e) if e.is_unavailable() && !self.is_cluster() => return Err(e),
+            // Refused (NOPERM, renamed away), a failed AUTH, a master down
+            // on a cluster: not checked. The calls then fail (or not) on
+            // their own, with their own error in the log.
+            Err(e) => {
+                tracing::warn!(error = %e, "the Redis version could not be read: not checked");
+                None
+            }
         };
-        self.version.learn(version, unix_ms()).map(|_| version)
+        self.version.learn(version, mono_ms()).map(|_| version)
     }
 
     /// Whether a call may go to this server now: one atomic load once the
@@ -111,7 +127,7 @@ impl Store {
                 Err(StoreError::VersionUnknown)
             }
             Err(e) => {
-                if unix_ms() - self.version.checked_ms.load(Ordering::Acquire) >= RECHECK_MS {
+                if mono_ms() - self.version.checked_ms.load(Ordering::Acquire) >= RECHECK_MS {
                     self.check_in_background();
                 }
                 Err(e)
