@@ -158,12 +158,7 @@ async fn bulk_codes_count_against_stock_and_each_redeems_once() {
     );
 
     // Stats count them under the `bulk` channel; the audit names each reservation.
-    let stats: Value = app
-        .get(&format!("/v1/campaigns/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = app.stats(&id).await;
     assert_eq!(stats["redemptions"]["by_channel"]["bulk"], 50, "{stats}");
     let details = audit_details(&app, &id, "campaign.codes").await;
     assert_eq!(

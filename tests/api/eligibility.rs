@@ -225,12 +225,7 @@ async fn stats_count_issues_refusals_and_redemptions() {
         &json!({"code": b, "order_id": "o-2", "store_id": "sh-1"}),
     )
     .await;
-    let s: Value = app
-        .get(&format!("/v1/campaigns/{c}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s: Value = app.stats(&c).await;
     assert_eq!(
         (
             s["issued"].as_i64(),

@@ -303,6 +303,15 @@ impl TestApp {
         v["id"].as_str().expect("id").to_owned()
     }
 
+    /// `GET /v1/campaigns/{id}/stats`.
+    pub async fn stats(&self, id: &str) -> Value {
+        self.get(&format!("/v1/campaigns/{id}/stats"))
+            .await
+            .json()
+            .await
+            .expect("stats are JSON")
+    }
+
     pub async fn campaign(&self, id: &str) -> Value {
         let res = self.get(&format!("/v1/campaigns/{id}")).await;
         assert_eq!(res.status(), 200);

@@ -413,12 +413,7 @@ ips = ["192.0.2.10/32"]
     // once a second) next to the rule's refusal.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let s: Value = app
-            .get(&format!("/v1/campaigns/{c}/stats"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let s: Value = app.stats(&c).await;
         let by_code = &s["rejections"]["by_code"];
         if by_code["blocked"] == 3 {
             assert_eq!(by_code["limit_exceeded"], 1, "{s}");

@@ -106,12 +106,7 @@ async fn racing_claims_on_three_shards_issue_exactly_the_stock_and_every_code_re
         "codes of every shard redeemed: {per_shard:?}"
     );
     assert_eq!(app.campaign(&id).await["redeemed"], 60);
-    let stats: Value = app
-        .get(&format!("/v1/campaigns/{id}/stats"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = app.stats(&id).await;
     assert_eq!(
         (stats["issued"].as_i64(), stats["redeemed"].as_i64()),
         (Some(60), Some(60))

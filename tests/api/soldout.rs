@@ -106,12 +106,7 @@ async fn a_sold_out_flood_is_answered_in_process_and_a_stock_raise_elsewhere_is_
     // The refusals answered in-process reach the campaign's stats.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let s: serde_json::Value = a
-            .get(&format!("/v1/campaigns/{c}/stats"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let s: serde_json::Value = a.stats(&c).await;
         let n = s["rejections"]["by_code"]["sold_out"].as_i64().unwrap_or(0);
         if n == flood as i64 + refused + 1 {
             break;
