@@ -105,9 +105,9 @@ local tonumber, tostring, floor = tonumber, tostring, math.floor
 
 -- A stored counter: 0 when absent, nil when not an integer.
 local function int(v)
-  if v == nil or v == false then return 0 end
+  if not v then return 0 end
   local x = tonumber(v)
-  if x and x == floor(x) then return x end
+  if x and x % 1 == 0 then return x end
   return nil
 end
 
@@ -115,17 +115,20 @@ local n, R = int(ARGV[1]), int(ARGV[2])
 if not n or n < 1 or not R or R < 0 then
   return redis.error_reply('ERR claim.lua: bad arguments')
 end
--- The rule table, parsed once for the call (rules_core.lua).
-local cfgs = {}
+-- The rule table, parsed once for the call (rules_core.lua), by the text
+-- of the place a claim names (its prefix with it).
+local cfgs, prefixes = {}, {}
 for j = 1, R do
   local a = 2 + (j - 1) * 9
-  cfgs[j] = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+  local cfg = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
     ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
-  if not cfgs[j] then return redis.error_reply('ERR claim.lua: bad rule ' .. j) end
+  if not cfg then return redis.error_reply('ERR claim.lua: bad rule ' .. j) end
+  cfgs[tostring(j)], prefixes[tostring(j)] = cfg, KEYS[4 + j]
 end
 -- Each claim's first key and argument (they differ in length by their
--- rules), and its rules (rule_spec, rules_core.lua).
-local ks, as, specs = {}, {}, {}
+-- rules), its clock (nil when it does not parse) and its rules (rule_spec,
+-- rules_core.lua).
+local ks, as, nows, specs = {}, {}, {}, {}
 do
   local k, a = 4 + R, 2 + 9 * R
   for i = 1, n do
@@ -136,13 +139,14 @@ do
     local list = {}
     for t = 1, r do
       local b = a + 13 + 3 * (t - 1)
-      local j, field = int(ARGV[b + 1]), ARGV[b + 2]
-      if not j or not cfgs[j] or #field == 0 then
+      local j, field = ARGV[b + 1], ARGV[b + 2]
+      local cfg = cfgs[j]
+      if not cfg or #field == 0 then
         return redis.error_reply('ERR claim.lua: bad arguments')
       end
-      list[t] = rule_spec(cfgs[j], KEYS[4 + j], field, ARGV[b + 3], false)
+      list[t] = rule_spec(cfg, prefixes[j], field, ARGV[b + 3], false)
     end
-    ks[i], as[i], specs[i] = k + 1, a + 1, list
+    ks[i], as[i], nows[i], specs[i] = k + 1, a + 1, int(ARGV[a + 1]), list
     k, a = k + 4, a + 13 + 3 * r
   end
   if #KEYS ~= k or #ARGV ~= a then
@@ -176,8 +180,8 @@ local low_fired = m[12] == '1'
 do
   local reqs = {}
   for i = 1, n do
-    local now = int(ARGV[as[i]])
-    if #specs[i] > 0 and now then reqs[#reqs + 1] = {now, specs[i]} end
+    local now = nows[i]
+    if now and #specs[i] > 0 then reqs[#reqs + 1] = {now, specs[i]} end
   end
   if #reqs > 0 then rules_prefetch(reqs) end
 end
@@ -225,15 +229,15 @@ local function reject(client, idem, fp, ttl, a, b, c)
   if b then out[2] = b end
   if c then out[3] = c end
   if client and not (client == 'k' and a == 'sold_out') then
-    redis.call('SET', idem, fp .. '|' .. table.concat(out, '|'), 'EX', ttl)
+    redis.call('SET', idem, fp .. '|' .. table.concat(out, '|'), 'EX', int_str(ttl))
   end
   out[#out + 1] = '0'
   return out
 end
 
 -- One claim: K is the index of its first key, A of its first argument.
-local function claim(K, A, rule_out)
-  local now, ttl, bucket = int(ARGV[A]), int(ARGV[A + 5]), int(ARGV[A + 7])
+local function claim(K, A, now, rule_out)
+  local ttl, bucket = int(ARGV[A + 5]), int(ARGV[A + 7])
   if not (now and ttl and bucket) or ttl < 1 or #ARGV[A + 4] == 0 then
     return {'error', 'claim.lua: bad arguments'}
   end
@@ -309,11 +313,11 @@ local function claim(K, A, rule_out)
     end
   end
   local exp_s = '0'
-  if valid_ms > 0 then exp_s = tostring(now + valid_ms) end
+  if valid_ms > 0 then exp_s = int_str(now + valid_ms) end
   -- Numbers are printed once (printing one costs more than a redis.call's
   -- share here): the serial's text, and small ones through istr/ekey
   -- (rules_core.lua).
-  local serial_s = tostring(serial)
+  local serial_s = int_str(serial)
   local record = ekey(record_prefix, floor(serial / 64))
   hc_hash(record)
   -- Nothing below can fail: the writes go to the cache (hcache.lua).
@@ -324,7 +328,7 @@ local function claim(K, A, rule_out)
   hc_set(KEYS[K + 2], ip, istr(ui + 1))
   local result = 'ok|' .. serial_s .. '|' .. ARGV[A] .. '|' .. exp_s
   if client then
-    redis.call('SET', idem, fp .. '|' .. result, 'EX', ttl)
+    redis.call('SET', idem, fp .. '|' .. result, 'EX', int_str(ttl))
   else
     local new = rid_new[idem]
     new[#new + 1] = ARGV[A + 10]
@@ -355,13 +359,12 @@ end
 -- One claim with its rules: past its deadline nothing is read or written;
 -- then its rules (rules_core.lua, prepended by store::scripts); a refusal
 -- there ends it.
-local function checked(K, A, rules)
+local function checked(K, A, now, rules)
   local deadline = int(ARGV[A + 9])
   if not deadline then return {'error', 'claim.lua: bad arguments'} end
   if deadline > 0 and time_ms > deadline then return {'late'} end
   local rule_out = {}
   if #rules > 0 then
-    local now = int(ARGV[A])
     if not now then return {'error', 'claim.lua: bad arguments'} end
     rule_out = rules_run('check', now, rules)
     if rule_out.err then return {'error', rule_out.err} end
@@ -372,12 +375,12 @@ local function checked(K, A, rules)
       end
     end
   end
-  return claim(K, A, rule_out)
+  return claim(K, A, now, rule_out)
 end
 
 local out = {}
 for i = 1, n do
-  local ok, res = pcall(checked, ks[i], as[i], specs[i])
+  local ok, res = pcall(checked, ks[i], as[i], nows[i], specs[i])
   if not ok then
     local msg = res
     if type(res) == 'table' then msg = res.err or res.message or 'error' end
@@ -389,7 +392,7 @@ end
 -- What the batch wrote once for all its claims: cannot fail (see ATOMICITY).
 hc_flush()
 if issued ~= issued_at_start then
-  redis.call('HSET', KEYS[1], 'issued', tostring(issued))
+  redis.call('HSET', KEYS[1], 'issued', int_str(issued))
 end
 for _, key in ipairs(rid_order) do
   local new = rid_new[key]
@@ -400,6 +403,8 @@ for _, key in ipairs(rid_order) do
 end
 
 -- Statistics, summed over the batch: best effort.
-for field, k in pairs(rejected) do redis.pcall('HINCRBY', KEYS[4], field, k) end
-for minute, k in pairs(per_minute) do redis.pcall('HINCRBY', KEYS[4], 'm:' .. minute, k) end
+for field, k in pairs(rejected) do redis.pcall('HINCRBY', KEYS[4], field, int_str(k)) end
+for minute, k in pairs(per_minute) do
+  redis.pcall('HINCRBY', KEYS[4], 'm:' .. int_str(minute), int_str(k))
+end
 return out

@@ -34,32 +34,38 @@ end
 
 -- The field's value (false when absent), read once per call.
 local function hc_get(key, field)
-  local c = sub_table(hc_vals, key)
-  local v = c[field]
-  if v ~= nil then return v end
+  local c = hc_vals[key]
+  if c then
+    local v = c[field]
+    if v ~= nil then return v end
+  else
+    c = {}
+    hc_vals[key] = c
+  end
   if hc_bad[key] then error({err = hc_bad[key]}) end
-  v = redis.call('HGET', key, field) or false
+  local v = redis.call('HGET', key, field) or false
   c[field] = v
   return v
 end
 
--- Reads `fields` (a list, duplicates allowed) of `key` with one HMGET.
+-- Reads `fields` (a list, duplicates allowed) of `key` with one HMGET;
+-- a field already in the cache keeps its value.
 local function hc_prefetch(key, fields)
-  local c = sub_table(hc_vals, key)
-  local want, seen = {}, {}
-  for _, f in ipairs(fields) do
-    if c[f] == nil and not seen[f] then
-      seen[f] = true
-      want[#want + 1] = f
-    end
-  end
-  if #want == 0 or hc_bad[key] then return end
-  local got = redis.pcall('HMGET', key, unpack(want))
+  if #fields == 0 or hc_bad[key] then return end
+  local got = redis.pcall('HMGET', key, unpack(fields))
   if got.err then
     hc_bad[key] = got.err
     return
   end
-  for j = 1, #want do c[want[j]] = got[j] or false end
+  local c = hc_vals[key]
+  if not c then
+    c = {}
+    hc_vals[key] = c
+  end
+  for j = 1, #fields do
+    local f = fields[j]
+    if c[f] == nil then c[f] = got[j] or false end
+  end
 end
 
 -- Checks once per call that `key` holds a hash or nothing (for fields
@@ -76,7 +82,12 @@ end
 -- Sets the field (written by hc_flush); `ttl_ms` (optional) is the
 -- hash's PEXPIRE at the flush.
 local function hc_set(key, field, value, ttl_ms)
-  sub_table(hc_vals, key)[field] = value
+  local c = hc_vals[key]
+  if not c then
+    c = {}
+    hc_vals[key] = c
+  end
+  c[field] = value
   local d = hc_dirty[key]
   if not d then
     d = {}
@@ -90,13 +101,14 @@ end
 -- Writes every changed hash: one HSET (and one PEXPIRE) each.
 local function hc_flush()
   for _, key in ipairs(hc_order) do
-    local args = {}
+    local args, k = {}, 0
     for f, v in pairs(hc_dirty[key]) do
-      args[#args + 1] = f
-      args[#args + 1] = v
+      args[k + 1], args[k + 2] = f, v
+      k = k + 2
     end
     redis.call('HSET', key, unpack(args))
-    if hc_ttl[key] then redis.call('PEXPIRE', key, hc_ttl[key]) end
+    local ttl = hc_ttl[key]
+    if ttl then redis.call('PEXPIRE', key, string.format('%d', ttl)) end
   end
   hc_order, hc_dirty = {}, {}
 end

@@ -13,13 +13,14 @@ table with many fields (~0.7 µs), a pattern match (~0.1-0.4 µs). So the
 epoch hashes' names and small integers are printed once per call (`ekey`,
 `istr`), and a value carries its total and its oldest bucket up front.
 ]]
-local call, tonumber, tostring, floor, max, sub, match, gmatch =
-  redis.call, tonumber, tostring, math.floor, math.max, string.sub, string.match, string.gmatch
+local call, tonumber, floor, max, sub, match, gmatch, fmt =
+  redis.call, tonumber, math.floor, math.max, string.sub, string.match, string.gmatch, string.format
 local function err(msg) return {err = msg} end
 
--- Integers print exactly through tostring (%.14g) below 1e14: every count,
--- length and ms value here is (ms clocks stay below 1e14 until the year 5138).
-local function int_str(x) return tostring(floor(x)) end
+-- Integers are printed with '%d' (a C long: exact for every count, length
+-- and ms value here): tostring's '%.14g' cost three times as much, and so
+-- does a number handed to redis.call or `..` as it is.
+local function int_str(x) return fmt('%d', floor(x)) end
 
 -- Small non-negative integers, printed once per call.
 local istrs = {}
@@ -27,12 +28,12 @@ local function istr(x)
   if x >= 0 and x < 4096 then
     local s = istrs[x]
     if not s then
-      s = tostring(x)
+      s = fmt('%d', x)
       istrs[x] = s
     end
     return s
   end
-  return tostring(x)
+  return fmt('%d', x)
 end
 
 -- The name of epoch `e`'s hash of the rule whose prefix is `pre`.
@@ -41,7 +42,7 @@ local function ekey(pre, e)
   local t = sub_table(ekeys, pre)
   local k = t[e]
   if not k then
-    k = pre .. tostring(e)
+    k = pre .. fmt('%d', e)
     t[e] = k
   end
   return k
@@ -71,11 +72,13 @@ end
 -- One rule of one request: its constants, its epoch hashes' prefix, its
 -- rule key's field, its distinct member, and its ban state's key (false:
 -- derived from the prefix, '<...>:e:' -> '<...>:b:<field>', same slot).
+-- rules_run fills in the rest (the fields are named here so the table is
+-- made at its full size once).
 local function rule_spec(cfg, pre, field, member, banh)
   return {
     cfg = cfg, pre = pre, field = field, member = member, banh = banh,
-    cur = 0, e = 0, oldest = 0, hcur = false, ttl = 0, vcur = false, count = 0,
-    first = false, present = false, over = false, reset = 0, remaining = 0,
+    fr = false, oldest = 0, vcur = false, first = false, present = false, over = false,
+    reset = 0, remaining = 0,
   }
 end
 
@@ -86,72 +89,129 @@ end
 -- bucket.
 local KEEP_EPOCHS = 3
 
+-- What a rule's bucket `cur` (prefix `pre`) fixes: the epoch e, the bucket's
+-- offset in it, the names and first buckets of epochs e-1, e and e+1, and
+-- the TTL of epoch e's hash (it lives until epoch e + 1 + KEEP_EPOCHS ends;
+-- counted from the bucket's start, so at most s ms longer than from `now`).
+-- The rule keeps the last one: the requests of a call share their buckets.
+local function frame(c, pre, now)
+  local cur = floor(now / c.s)
+  local f = c.fr
+  if f and f.cur == cur and f.pre == pre then return f end
+  local P = c.P
+  local e = floor(cur / P)
+  f = {
+    pre = pre, cur = cur, e = e, off = cur - e * P,
+    kprev = ekey(pre, e - 1), kcur = ekey(pre, e), knext = ekey(pre, e + 1),
+    bprev = (e - 1) * P, bcur = e * P, bnext = (e + 1) * P,
+    ttl = (e + 2 + KEEP_EPOCHS) * P * c.s - cur * c.s + 1000,
+  }
+  c.fr = f
+  return f
+end
+
 -- Reads the fields of a batch's rules (`reqs`: {now, specs} each), one HMGET
 -- an epoch hash. Then, per rule, drops the hash KEEP_EPOCHS + 1 epochs
 -- before the oldest epoch a request of the batch is in (UNLINK frees a big
 -- one off the main thread; the TTL set in rules_run only frees the hashes
 -- of a rule nobody uses any more).
 local function rules_prefetch(reqs)
-  local fields, order, oldest = {}, {}, {}
-  local function want(key, field)
-    local f = fields[key]
-    if not f then
-      f = {}
-      fields[key] = f
-      order[#order + 1] = key
-    end
-    f[#f + 1] = field
-  end
+  -- The fields wanted of each epoch e (by its hash's name), read from the
+  -- hashes of e-1, e and e+1.
+  local lists, order, oldest = {}, {}, {}
   for _, q in ipairs(reqs) do
     local now = q[1]
     for _, r in ipairs(q[2]) do
-      local c, pre = r.cfg, r.pre
-      local e = floor(floor(now / c.s) / c.P)
-      want(ekey(pre, e - 1), r.field)
-      want(ekey(pre, e), r.field)
-      want(ekey(pre, e + 1), r.field)
+      local pre = r.pre
+      local fr = frame(r.cfg, pre, now)
+      local l = lists[fr.kcur]
+      if not l then
+        l = {fr = fr}
+        lists[fr.kcur] = l
+        order[#order + 1] = l
+      end
+      l[#l + 1] = r.field
+      local e = fr.e
       if not oldest[pre] or e < oldest[pre] then oldest[pre] = e end
     end
   end
   for pre, e in pairs(oldest) do redis.pcall('UNLINK', ekey(pre, e - KEEP_EPOCHS - 1)) end
-  for _, key in ipairs(order) do hc_prefetch(key, fields[key]) end
+  for _, l in ipairs(order) do
+    local fr = l.fr
+    hc_prefetch(fr.kprev, l)
+    hc_prefetch(fr.kcur, l)
+    hc_prefetch(fr.knext, l)
+  end
 end
 
 -- A counting value is 'T;F;o:c,o:c,...': T the sum of its counts, F its
 -- oldest bucket's offset in the epoch, then one entry per bucket (o the
 -- offset, c the count), newest first.
--- Epochs e and e+1 hold live buckets only: their total and oldest bucket
--- are read as they are.
-local function add_whole(r, v, base)
-  if not v then return end
-  local t, f = match(v, '^(%d+);(%d+)')
-  if not t then return end
-  r.count = r.count + tonumber(t)
-  local idx = base + tonumber(f)
-  if not r.first or idx < r.first then r.first = idx end
+--
+-- Parsed values, by value: T, F, the newest bucket's offset and count, and
+-- the text after that bucket. A string is interned, so the lookup hashes
+-- no text; bump() records what it writes, so the requests of a call on one
+-- hot rule key (one address, many phones) parse it once, not each time.
+local heads = {}
+local function head(v)
+  local h = heads[v]
+  if h then return h end
+  local t, f, fo, fc, rest = match(v, '^(%d+);(%d+);(%d+):(%d+)(.*)$')
+  if not t then return nil end
+  h = {tonumber(t), tonumber(f), tonumber(fo), tonumber(fc), rest}
+  heads[v] = h
+  return h
 end
 
--- Epoch e-1: the buckets from r.oldest on (newest first, so the loop stops
--- at the first one that left the window).
-local function add_part(r, v, base)
-  if not v then return end
-  local oldest = r.oldest
-  for o, c in gmatch(v, '(%d+):(%d+)') do
-    local idx = base + tonumber(o)
-    if idx < oldest then break end
-    r.count = r.count + tonumber(c)
-    if not r.first or idx < r.first then r.first = idx end
+-- Epochs e and e+1 hold live buckets only: their total and oldest bucket
+-- are read as they are. Returns the count and the oldest bucket so far.
+local function add_whole(v, base, count, first)
+  if not v then return count, first end
+  local t, f
+  local h = head(v)
+  if h then
+    t, f = h[1], h[2]
+  else
+    t, f = match(v, '^(%d+);(%d+)')
+    if not t then return count, first end
+    t, f = tonumber(t), tonumber(f)
   end
+  local idx = base + f
+  if not first or idx < first then first = idx end
+  return count + t, first
+end
+
+-- Epoch e-1: the buckets from `oldest` on (newest first, so the loop stops
+-- at the first one that left the window). Nothing writes epoch e-1's value
+-- during a call but a request whose clock is behind, so its sum is kept by
+-- value, base and start.
+local parts = {}
+local function add_part(v, base, oldest, count, first)
+  if not v then return count, first end
+  local p = parts[v]
+  if not (p and p[1] == base and p[2] == oldest) then
+    local n, low = 0, false
+    for o, c in gmatch(v, '(%d+):(%d+)') do
+      local idx = base + tonumber(o)
+      if idx < oldest then break end
+      n = n + tonumber(c)
+      if not low or idx < low then low = idx end
+    end
+    p = {base, oldest, n, low}
+    parts[v] = p
+  end
+  if p[4] and (not first or p[4] < first) then first = p[4] end
+  return count + p[3], first
 end
 
 -- Every live bucket of the three epochs, sorted oldest first (only a
 -- refused request needs more than the oldest one).
 local function live_buckets(r)
-  local b = {}
+  local b, fr = {}, r.fr
   for j = -1, 1 do
-    local v = hc_get(ekey(r.pre, r.e + j), r.field)
+    local v = hc_get(ekey(r.pre, fr.e + j), r.field)
     if v then
-      local base = (r.e + j) * r.cfg.P
+      local base = (fr.e + j) * r.cfg.P
       for o, c in gmatch(v, '(%d+):(%d+)') do
         local idx = base + tonumber(o)
         if idx >= r.oldest then b[#b + 1] = {idx, tonumber(c)} end
@@ -180,14 +240,26 @@ end
 -- The current epoch's value with one more in bucket offset `o`.
 local function bump(v, o)
   local os = istr(o)
-  local t, f, fo, fc, rest
-  if v then t, f, fo, fc, rest = match(v, '^(%d+);(%d+);(%d+):(%d+)(.*)$') end
+  local h = v and head(v)
   -- A new value (or one this engine cannot read, started over).
-  if not t then return '1;' .. os .. ';' .. os .. ':1' end
-  local t1 = istr(tonumber(t) + 1)
-  local newest = tonumber(fo)
-  if newest == o then return t1 .. ';' .. f .. ';' .. os .. ':' .. istr(tonumber(fc) + 1) .. rest end
-  if newest < o then return t1 .. ';' .. f .. ';' .. os .. ':1,' .. fo .. ':' .. fc .. rest end
+  if not h then
+    local nv = '1;' .. os .. ';' .. os .. ':1'
+    heads[nv] = {1, o, o, 1, ''}
+    return nv
+  end
+  local t, f, newest, fc, rest = h[1] + 1, h[2], h[3], h[4], h[5]
+  local t1, fs = istr(t), istr(f)
+  if newest == o then
+    local nv = t1 .. ';' .. fs .. ';' .. os .. ':' .. istr(fc + 1) .. rest
+    heads[nv] = {t, f, o, fc + 1, rest}
+    return nv
+  end
+  if newest < o then
+    rest = ',' .. istr(newest) .. ':' .. istr(fc) .. rest
+    local nv = t1 .. ';' .. fs .. ';' .. os .. ':1' .. rest
+    heads[nv] = {t, f, o, 1, rest}
+    return nv
+  end
   -- An older bucket than the newest one (another instance's clock is
   -- behind): rebuild in order.
   local b, found = {}, false
@@ -198,9 +270,9 @@ local function bump(v, o)
   end
   if not found then b[#b + 1] = {o, 1} end
   table.sort(b, function(x, y) return x[1] > y[1] end)
-  local parts = {}
-  for j = 1, #b do parts[j] = istr(b[j][1]) .. ':' .. istr(b[j][2]) end
-  return t1 .. ';' .. istr(b[#b][1]) .. ';' .. table.concat(parts, ',')
+  local list = {}
+  for j = 1, #b do list[j] = istr(b[j][1]) .. ':' .. istr(b[j][2]) end
+  return t1 .. ';' .. istr(b[#b][1]) .. ';' .. table.concat(list, ',')
 end
 
 -- A distinct value is 'member@ms,member@ms,...' (members are hex digests):
@@ -218,25 +290,19 @@ end
 -- header), or {err = ...}.
 local function rules_run(mode, now, specs)
   local n = #specs
-  for i = 1, n do
-    local r = specs[i]
-    local c = r.cfg
-    -- The hash of epoch x lives until epoch x + 1 + KEEP_EPOCHS ends (the
-    -- UNLINK in rules_prefetch drops it after that, while the rule is used).
-    r.cur = floor(now / c.s)
-    r.e = floor(r.cur / c.P)
-    r.oldest = floor((now - c.w) / c.s)
-    r.hcur = ekey(r.pre, r.e)
-    r.ttl = (r.e + 2 + KEEP_EPOCHS) * c.P * c.s - now + 1000
-  end
 
   if mode == 'settle' then
     -- The reads first (a wrong-type hash raises before any write).
     local v = {}
-    for i = 1, n do v[i] = hc_get(specs[i].hcur, specs[i].field) end
     for i = 1, n do
       local r = specs[i]
-      hc_set(r.hcur, r.field, bump(v[i], r.cur - r.e * r.cfg.P), r.ttl)
+      r.fr = frame(r.cfg, r.pre, now)
+      v[i] = hc_get(r.fr.kcur, r.field)
+    end
+    for i = 1, n do
+      local r = specs[i]
+      local fr = r.fr
+      hc_set(fr.kcur, r.field, bump(v[i], fr.off), fr.ttl)
     end
     return {'ok'}
   end
@@ -249,11 +315,22 @@ local function rules_run(mode, now, specs)
   for i = 1, n do
     local r = specs[i]
     local c = r.cfg
-    local field, pre, e = r.field, r.pre, r.e
-    local vprev = hc_get(ekey(pre, e - 1), field)
-    local vcur = hc_get(r.hcur, field)
-    local vnext = hc_get(ekey(pre, e + 1), field)
+    local fr = frame(c, r.pre, now)
+    local field = r.field
+    r.fr = fr
+    r.oldest = floor((now - c.w) / c.s)
+    -- The batch's prefetch read them (hc_get only when it did not).
+    local h = hc_vals[fr.kprev]
+    local vprev = h and h[field]
+    if vprev == nil then vprev = hc_get(fr.kprev, field) end
+    h = hc_vals[fr.kcur]
+    local vcur = h and h[field]
+    if vcur == nil then vcur = hc_get(fr.kcur, field) end
+    h = hc_vals[fr.knext]
+    local vnext = h and h[field]
+    if vnext == nil then vnext = hc_get(fr.knext, field) end
     r.vcur = vcur
+    local over, remaining
     if c.kind == 'd' then
       local seen, since = {}, now - c.w
       add_members(vprev, seen, since)
@@ -264,31 +341,32 @@ local function rules_run(mode, now, specs)
         count = count + 1
         if not first or t < first then first = t end
       end
-      r.count = count
-      r.present = seen[r.member] ~= nil
-      r.over = (not r.present) and count >= c.limit
+      local present = seen[r.member] ~= nil
+      over = (not present) and count >= c.limit
+      r.present = present
       r.reset = first and (first + c.w - now) or c.w
-      r.remaining = c.limit - count - ((r.present or r.over) and 0 or 1)
+      remaining = c.limit - count - ((present or over) and 0 or 1)
     else
-      add_part(r, vprev, (e - 1) * c.P)
-      add_whole(r, vcur, e * c.P)
-      add_whole(r, vnext, (e + 1) * c.P)
-      local count = r.count
+      local count, first = add_part(vprev, fr.bprev, r.oldest, 0, false)
+      count, first = add_whole(vcur, fr.bcur, count, first)
+      count, first = add_whole(vnext, fr.bnext, count, first)
+      r.first = first
       if c.kind == 'r' then
-        r.over = count + 1 > c.limit
-        r.remaining = c.limit - count - 1
+        over = count + 1 > c.limit
+        remaining = c.limit - count - 1
       else
-        r.over = count >= c.limit
-        r.remaining = c.limit - count
+        over = count >= c.limit
+        remaining = c.limit - count
       end
-      r.reset = free_after(r, r.over and (count + 1 - c.limit) or 1, now)
+      r.reset = free_after(r, over and (count + 1 - c.limit) or 1, now)
     end
-    if r.remaining < 0 then r.remaining = 0 end
-    if r.over and c.enforce then
+    if remaining < 0 then remaining = 0 end
+    r.over, r.remaining = over, remaining
+    if over and c.enforce then
       refused = true
       -- A violation: its ban state (only a rule that bans keeps one).
       if c.ban_after > 0 then
-        if not r.banh then r.banh = sub(pre, 1, -3) .. 'b:' .. field end
+        if not r.banh then r.banh = sub(r.pre, 1, -3) .. 'b:' .. field end
         local flat = call('HGETALL', r.banh)
         local stale, viol = {}, 0
         r.lvl, r.lvl_end = 0, 0
@@ -307,8 +385,10 @@ local function rules_run(mode, now, specs)
     end
   end
 
-  -- 2. Write.
-  local out = {}
+  -- 2. Write. The answer is made at the size of three rules and a claim's
+  -- answer after them (claim.lua appends it): it is not grown step by step.
+  local out, k = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+    nil, nil, nil, nil, nil, nil}, 0
   for i = 1, n do
     local r = specs[i]
     local c = r.cfg
@@ -317,7 +397,7 @@ local function rules_run(mode, now, specs)
     if refused then
       if status == 'over' and c.ban_after > 0 then
         if #r.vstale > 0 then call('HDEL', r.banh, unpack(r.vstale)) end
-        call('HINCRBY', r.banh, 'v' .. r.cur, 1)
+        call('HINCRBY', r.banh, 'v' .. int_str(r.fr.cur), 1)
         if r.viol + 1 >= c.ban_after then
           level = r.lvl
           if r.lvl_end + c.decay < now then level = 0 end
@@ -333,7 +413,7 @@ local function rules_run(mode, now, specs)
             if sub(f, 1, 1) == 'v' then forget[#forget + 1] = f end
           end
           if #forget > 0 then call('HDEL', r.banh, unpack(forget)) end
-          call('HSET', r.banh, 'lvl', level, 'lvl_end', int_str(now + ban_ms))
+          call('HSET', r.banh, 'lvl', int_str(level), 'lvl_end', int_str(now + ban_ms))
         end
         -- Keep the violations for their window, and a ban's level while
         -- the next ban still escalates.
@@ -341,8 +421,9 @@ local function rules_run(mode, now, specs)
           max(c.w + c.s, max(r.lvl_end, now + ban_ms) + c.decay - now) + 1000)
       end
     elseif not r.over then
+      local fr = r.fr
       if c.kind == 'r' then
-        hc_set(r.hcur, r.field, bump(r.vcur, r.cur - r.e * c.P), r.ttl)
+        hc_set(fr.kcur, r.field, bump(r.vcur, fr.off), fr.ttl)
       elseif c.kind == 'd' then
         -- This epoch's members, with this one (again) at `now`.
         local v = r.vcur
@@ -352,15 +433,17 @@ local function rules_run(mode, now, specs)
         else
           v = ''
         end
-        hc_set(r.hcur, r.field, v .. r.member .. '@' .. int_str(now), r.ttl)
+        hc_set(fr.kcur, r.field, v .. r.member .. '@' .. int_str(now), fr.ttl)
       end
     end
     -- Numbers go back as integer replies (no formatting here).
-    out[#out + 1] = status
-    out[#out + 1] = floor(r.remaining)
-    out[#out + 1] = floor(max(0, r.reset))
-    out[#out + 1] = floor(ban_ms)
-    out[#out + 1] = level
+    local reset = r.reset
+    out[k + 1] = status
+    out[k + 2] = floor(r.remaining)
+    out[k + 3] = floor(reset > 0 and reset or 0)
+    out[k + 4] = floor(ban_ms)
+    out[k + 5] = level
+    k = k + 5
   end
   return out
 end
