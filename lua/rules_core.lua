@@ -436,12 +436,13 @@ local function rules_run(mode, now, specs)
         hc_set(fr.kcur, r.field, v .. r.member .. '@' .. int_str(now), fr.ttl)
       end
     end
-    -- Numbers go back as integer replies (no formatting here).
+    -- Numbers go back as integer replies (no formatting here; Redis
+    -- truncates them, which is floor for these non-negative ones).
     local reset = r.reset
     out[k + 1] = status
-    out[k + 2] = floor(r.remaining)
-    out[k + 3] = floor(reset > 0 and reset or 0)
-    out[k + 4] = floor(ban_ms)
+    out[k + 2] = r.remaining
+    out[k + 3] = reset > 0 and reset or 0
+    out[k + 4] = ban_ms
     out[k + 5] = level
     k = k + 5
   end
