@@ -62,8 +62,8 @@ ARGV
     +5 ban_after (0: no ban)  +6 ban_ms  +7 ban_factor  +8 ban_max_ms
     +9 decay_ms  how long after a ban ends the next one still escalates
     +10 field  the rule key's digest: its field in the epoch hashes
-RETURNS (check) 5 values per rule, in order (the status a string, the
-  others integers):
+RETURNS (check) 5 values per rule, in order, all strings (the numbers
+  printed as integers):
   status 'ok' | 'over' (enforced, refused) | 'shadow' (would have refused),
   remaining after this request, reset_ms (time until the window has room,
   or until its oldest counted request leaves), ban_ms (0, or the ban this

@@ -22,18 +22,16 @@ local function err(msg) return {err = msg} end
 -- does a number handed to redis.call or `..` as it is.
 local function int_str(x) return fmt('%d', floor(x)) end
 
--- Small non-negative integers, printed once per call.
+-- Integers, each printed once per call (the requests of a call share
+-- most: a window's length, a limit less one, a bucket's offset).
 local istrs = {}
 local function istr(x)
-  if x >= 0 and x < 4096 then
-    local s = istrs[x]
-    if not s then
-      s = fmt('%d', x)
-      istrs[x] = s
-    end
-    return s
+  local s = istrs[x]
+  if not s then
+    s = fmt('%d', x)
+    istrs[x] = s
   end
-  return fmt('%d', x)
+  return s
 end
 
 -- The name of epoch `e`'s hash of the rule whose prefix is `pre`.
@@ -436,14 +434,14 @@ local function rules_run(mode, now, specs)
         hc_set(fr.kcur, r.field, v .. r.member .. '@' .. int_str(now), fr.ttl)
       end
     end
-    -- Numbers go back as integer replies (no formatting here; Redis
-    -- truncates them, which is floor for these non-negative ones).
+    -- Numbers go back as text ('%d', small ones printed once a call):
+    -- claim.lua joins a claim's answer into one string.
     local reset = r.reset
     out[k + 1] = status
-    out[k + 2] = r.remaining
-    out[k + 3] = reset > 0 and reset or 0
-    out[k + 4] = ban_ms
-    out[k + 5] = level
+    out[k + 2] = istr(floor(r.remaining))
+    out[k + 3] = reset > 0 and istr(floor(reset)) or '0'
+    out[k + 4] = ban_ms > 0 and istr(floor(ban_ms)) or '0'
+    out[k + 5] = istr(level)
     k = k + 5
   end
   return out

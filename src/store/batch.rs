@@ -121,11 +121,13 @@ impl<T> Batcher<T> {
     }
 }
 
-/// One reply per queued call from a batched script's reply (an array of
-/// arrays, one per call), or the call's error for each.
-pub(super) fn split(reply: redis::RedisResult<Vec<Vec<String>>>, n: usize) -> Vec<Reply> {
+/// One reply per queued call from a batched script's reply (an array with
+/// one answer per call), or the call's error for each. An answer is an
+/// array of strings, or those strings joined by `|` into one (claim.lua's
+/// answers but `error`: one bulk reply is cheaper to send and to read).
+pub(super) fn split(reply: redis::RedisResult<Vec<redis::Value>>, n: usize) -> Vec<Reply> {
     match reply {
-        Ok(r) if r.len() == n => r.into_iter().map(Ok).collect(),
+        Ok(r) if r.len() == n => r.into_iter().map(answer).collect(),
         Ok(r) => {
             let e = redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -135,6 +137,20 @@ pub(super) fn split(reply: redis::RedisResult<Vec<Vec<String>>>, n: usize) -> Ve
             vec![Err(e); n]
         }
         Err(e) => vec![Err(e); n],
+    }
+}
+
+/// One call's answer as its fields.
+fn answer(v: redis::Value) -> Reply {
+    match v {
+        redis::Value::BulkString(b) => match String::from_utf8(b) {
+            Ok(s) => Ok(s.split('|').map(str::to_owned).collect()),
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "a batched script's answer is not UTF-8",
+            ))),
+        },
+        v => redis::from_redis_value(v).map_err(redis::RedisError::from),
     }
 }
 
