@@ -3,6 +3,7 @@
 
     pip install redis
     python3 loadtest/script_cost.py [--rules] [--batch 30] [--calls 400] [--buckets 4096] [--aof]
+                                    [--callgrind]
 
 Starts its own redis-server on a free loopback port (killed at the end),
 loads hcache.lua + rules_core.lua + claim.lua as store::scripts does, and
@@ -14,9 +15,18 @@ claims: the script's cost alone, with no HTTP, no network and no other
 process on the Redis thread. `--buckets` is the number of quota buckets the
 claims spread over (the service uses the next power of two of stock / 16,
 at most 65,536). Every claim must be issued; the script checks it.
+
+--callgrind runs redis-server under valgrind's callgrind (apt-get install
+valgrind) and prints the instructions Redis executed per claim over the
+measured batches instead (counters zeroed after the warm-up, dumped after
+the last batch): a count, not a time, so it does not move with the load
+on the machine. Use --calls 150 or more: a few % still moves with the
+random identities (hash growth, Lua's incremental GC). LUA_DIR=<dir>
+reads the scripts from another directory (an A/B of two versions).
 """
 import argparse
 import base64
+import glob
 import os
 import shutil
 import socket
@@ -27,7 +37,8 @@ import time
 
 import redis
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lua")
+ROOT = os.environ.get("LUA_DIR") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "lua")
 RULES = [  # loadtest/limits-3rules.toml, as the service sends it
     ("st:{r:0}:ip-burst:e:", ["r", "100000000", "60000", "1", "0", "0", "1", "31536000000", "0"]),
     ("st:{r:0}:device-farm:e:", ["d", "3", "86400000", "1", "0", "0", "1", "31536000000", "0"]),
@@ -56,15 +67,17 @@ def main():
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--buckets", type=int, default=4096)
     ap.add_argument("--aof", action="store_true", help="appendonly yes, appendfsync everysec")
+    ap.add_argument("--callgrind", action="store_true", help="count Redis's instructions")
     a = ap.parse_args()
     port, work = free_port(), tempfile.mkdtemp()
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p"] if a.callgrind else []
     server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        grind + ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "yes" if a.aof else "no", "--dir", work],
         stdout=subprocess.DEVNULL)
     try:
         r = redis.Redis(port=port)
-        for _ in range(50):
+        for _ in range(50 if not a.callgrind else 600):
             try:
                 r.ping()
                 break
@@ -113,7 +126,20 @@ def main():
             s = r.info("commandstats").get("cmdstat_evalsha", {})
             return s.get("usec", 0)
 
+        what = (f"({'3 rules' if a.rules else 'no rules'}, batches of {a.batch}, "
+                f"{a.buckets} quota buckets, AOF {'on' if a.aof else 'off'})")
         batches(a.calls)  # warm-up: the buckets and rule hashes exist
+        if a.callgrind:
+            ctl = lambda flag: subprocess.run(["callgrind_control", flag, str(server.pid)],
+                                              capture_output=True, check=True)
+            ctl("-z")
+            batches(a.calls)
+            ctl("-d")
+            dump = max(glob.glob(f"{work}/cg.{server.pid}.*"), key=os.path.getmtime)
+            total = next(int(line.split()[1]) for line in open(dump)
+                         if line.startswith(("summary:", "totals:")))
+            print(f"{total / (a.calls * a.batch):,.0f} Redis instructions a claim {what}")
+            return
         u0 = usec()
         batches(a.calls)
         per = (usec() - u0) / (a.calls * a.batch)

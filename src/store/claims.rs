@@ -332,16 +332,18 @@ impl Store {
                         .collect()
                 })
                 .collect();
-            let mut inv = scripts::CLAIM.prepare_invoke();
+            let nkeys =
+                shared.len() + table.len() + batch.iter().map(|q| q.call.keys.len()).sum::<usize>();
+            let mut inv = scripts::evalsha(&scripts::CLAIM, nkeys);
             for k in &shared {
-                inv.key(k);
+                inv.arg(k);
             }
             for r in &table {
-                inv.key(&r.epochs);
+                inv.arg(&r.epochs);
             }
             for q in &batch {
                 for k in &q.call.keys {
-                    inv.key(k);
+                    inv.arg(k);
                 }
             }
             inv.arg(batch.len()).arg(table.len());
@@ -360,7 +362,7 @@ impl Store {
             }
             let mut conn = self.conn();
             let n = batch.len();
-            let reply = inv.invoke_async(&mut conn).await;
+            let reply = scripts::run(&scripts::CLAIM, &inv, &mut conn).await;
             // With a replica wait, a batch is acknowledged only once its
             // writes are on enough replicas; short of that, its claims are
             // answered 503 and taken back like a late reply.

@@ -1,10 +1,38 @@
 //! The Lua scripts, embedded at compile time and loaded once per process.
 //! `redis::Script` sends EVALSHA and, on `NOSCRIPT` (a fresh or restarted
 //! Redis), loads the body and sends EVALSHA again, so no caller handles it.
+//! A call with many arguments (a claim batch) is built straight into one
+//! command instead ([`evalsha`], [`run`]): `ScriptInvocation` allocates
+//! each argument on its own and copies it again into the command.
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, FromRedisValue, RedisResult, Script};
+
+/// An `EVALSHA` of `script` with `nkeys` keys: add the keys, then the
+/// arguments, then send it with [`run`].
+pub(super) fn evalsha(script: &Script, nkeys: usize) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(nkeys);
+    cmd
+}
+
+/// Sends an [`evalsha`] command; on `NOSCRIPT` (a fresh or restarted
+/// Redis) loads `script` and sends it once more, as `Script` does.
+pub(super) async fn run<T: FromRedisValue>(
+    script: &Script,
+    cmd: &Cmd,
+    conn: &mut impl ConnectionLike,
+) -> RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        r => r,
+    }
+}
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
