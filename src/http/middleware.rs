@@ -185,8 +185,9 @@ pub async fn edge(
     // the route again (at a level where this info span is off, it has no
     // parent).
     // Each span field is formatted when the span is made, on every request:
-    // two plain strings, no `Display` of the method.
-    let span = tracing::info_span!("http", request_id = id.as_str(), route);
+    // two strings, recorded with `Display` (`Debug` would escape them char
+    // by char), no `Display` of the method.
+    let span = tracing::info_span!("http", request_id = %id.as_str(), route = %route);
 
     let max_header_bytes = req
         .app_data::<web::Data<AppState>>()
