@@ -50,16 +50,23 @@ end
 -- strings, kind limit window_ms enforce ban_after ban_ms ban_factor
 -- ban_max_ms decay_ms (rules.lua's header lists them). Buckets of s ms, P to
 -- an epoch (rules.lua's header has the arithmetic).
+-- A finite number (Lua 5.1's tonumber also reads 'nan' and 'inf'), or nil.
+local function finite(v)
+  local x = tonumber(v)
+  if x and x == x and x > -math.huge and x < math.huge then return x end
+  return nil
+end
+
 local function rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_max, decay)
   local c = {
-    kind = kind, limit = tonumber(limit), w = tonumber(w), enforce = enforce == '1',
-    ban_after = tonumber(ban_after), ban_ms = 0, factor = 1, ban_max = 0, decay = 0, s = 1, P = 1,
+    kind = kind, limit = finite(limit), w = finite(w), enforce = enforce == '1',
+    ban_after = finite(ban_after), ban_ms = 0, factor = 1, ban_max = 0, decay = 0, s = 1, P = 1,
   }
   if not (c.limit and c.w and c.w > 0 and c.ban_after) then return nil end
   -- The ban's parameters matter only to a rule that bans.
   if c.ban_after > 0 then
-    c.ban_ms, c.factor = tonumber(ban_ms), tonumber(factor)
-    c.ban_max, c.decay = tonumber(ban_max), tonumber(decay)
+    c.ban_ms, c.factor = finite(ban_ms), finite(factor)
+    c.ban_max, c.decay = finite(ban_max), finite(decay)
     if not (c.ban_ms and c.factor and c.ban_max and c.decay) then return nil end
   end
   c.s = max(1, floor(c.w / 10))
@@ -89,8 +96,8 @@ local KEEP_EPOCHS = 3
 
 -- What a rule's bucket `cur` (prefix `pre`) fixes: the epoch e, the bucket's
 -- offset in it, the names and first buckets of epochs e-1, e and e+1, and
--- the TTL of epoch e's hash (it lives until epoch e + 1 + KEEP_EPOCHS ends;
--- counted from the bucket's start, so at most s ms longer than from `now`).
+-- when epoch e's hash expires (`exp`, service clock: it lives until epoch
+-- e + 1 + KEEP_EPOCHS ends, and a second more; its TTL is exp - now).
 -- The rule keeps the last one: the requests of a call share their buckets.
 local function frame(c, pre, now)
   local cur = floor(now / c.s)
@@ -102,7 +109,7 @@ local function frame(c, pre, now)
     pre = pre, cur = cur, e = e, off = cur - e * P,
     kprev = ekey(pre, e - 1), kcur = ekey(pre, e), knext = ekey(pre, e + 1),
     bprev = (e - 1) * P, bcur = e * P, bnext = (e + 1) * P,
-    ttl = (e + 2 + KEEP_EPOCHS) * P * c.s - cur * c.s + 1000,
+    exp = (e + 2 + KEEP_EPOCHS) * P * c.s + 1000,
   }
   c.fr = f
   return f
@@ -300,7 +307,7 @@ local function rules_run(mode, now, specs)
     for i = 1, n do
       local r = specs[i]
       local fr = r.fr
-      hc_set(fr.kcur, r.field, bump(v[i], fr.off), fr.ttl)
+      hc_set(fr.kcur, r.field, bump(v[i], fr.off), fr.exp - now)
     end
     return {'ok'}
   end
@@ -370,12 +377,12 @@ local function rules_run(mode, now, specs)
         r.lvl, r.lvl_end = 0, 0
         for j = 1, #flat, 2 do
           local f = flat[j]
-          if f == 'lvl' then r.lvl = tonumber(flat[j + 1]) or 0
-          elseif f == 'lvl_end' then r.lvl_end = tonumber(flat[j + 1]) or 0
+          if f == 'lvl' then r.lvl = finite(flat[j + 1]) or 0
+          elseif f == 'lvl_end' then r.lvl_end = finite(flat[j + 1]) or 0
           elseif sub(f, 1, 1) == 'v' then
             local idx = tonumber(sub(f, 2))
             if idx and idx < r.oldest then stale[#stale + 1] = f
-            elseif idx then viol = viol + (tonumber(flat[j + 1]) or 0) end
+            elseif idx then viol = viol + (finite(flat[j + 1]) or 0) end
           end
         end
         r.vstale, r.viol = stale, viol
@@ -415,13 +422,14 @@ local function rules_run(mode, now, specs)
         end
         -- Keep the violations for their window, and a ban's level while
         -- the next ban still escalates.
+        -- (Printed whole: a fractional ban factor makes ban_ms fractional.)
         call('PEXPIRE', r.banh,
-          max(c.w + c.s, max(r.lvl_end, now + ban_ms) + c.decay - now) + 1000)
+          int_str(max(c.w + c.s, max(r.lvl_end, now + ban_ms) + c.decay - now) + 1000))
       end
     elseif not r.over then
       local fr = r.fr
       if c.kind == 'r' then
-        hc_set(fr.kcur, r.field, bump(r.vcur, fr.off), fr.ttl)
+        hc_set(fr.kcur, r.field, bump(r.vcur, fr.off), fr.exp - now)
       elseif c.kind == 'd' then
         -- This epoch's members, with this one (again) at `now`.
         local v = r.vcur
@@ -431,7 +439,7 @@ local function rules_run(mode, now, specs)
         else
           v = ''
         end
-        hc_set(fr.kcur, r.field, v .. r.member .. '@' .. int_str(now), fr.ttl)
+        hc_set(fr.kcur, r.field, v .. r.member .. '@' .. int_str(now), fr.exp - now)
       end
     end
     -- Numbers go back as text ('%d', small ones printed once a call):
