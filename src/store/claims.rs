@@ -334,35 +334,35 @@ impl Store {
                 .collect();
             let nkeys =
                 shared.len() + table.len() + batch.iter().map(|q| q.call.keys.len()).sum::<usize>();
-            let mut inv = scripts::evalsha(&scripts::CLAIM, nkeys);
+            let mut cmd = scripts::evalsha(&scripts::CLAIM, nkeys);
             for k in &shared {
-                inv.arg(k);
+                cmd.arg(k);
             }
             for r in &table {
-                inv.arg(&r.epochs);
+                cmd.arg(&r.epochs);
             }
             for q in &batch {
                 for k in &q.call.keys {
-                    inv.arg(k);
+                    cmd.arg(k);
                 }
             }
-            inv.arg(batch.len()).arg(table.len());
+            cmd.arg(batch.len()).arg(table.len());
             for r in &table {
                 for c in r.constants() {
-                    inv.arg(c);
+                    cmd.arg(c);
                 }
             }
             for (q, places) in batch.iter().zip(&places) {
                 for a in &q.call.args {
-                    inv.arg(a);
+                    cmd.arg(a);
                 }
                 for (r, j) in q.call.rules.iter().zip(places) {
-                    inv.arg(*j).arg(&r.field).arg(&r.member);
+                    cmd.arg(*j).arg(&r.field).arg(&r.member);
                 }
             }
             let mut conn = self.conn();
             let n = batch.len();
-            let reply = scripts::run(&scripts::CLAIM, &inv, &mut conn).await;
+            let reply = scripts::run(&scripts::CLAIM, &cmd, &mut conn).await;
             // With a replica wait, a batch is acknowledged only once its
             // writes are on enough replicas; short of that, its claims are
             // answered 503 and taken back like a late reply.
