@@ -72,11 +72,22 @@ RETURNS (settle) {'ok'}: one unit charged to each rule (kind 'o' only).
 
 BATCH: ARGV[1] = 'batch' checks several requests in one call (the service
 coalesces the checks that arrive while one is in flight: store::batch):
-  ARGV  1 'batch'   2 n   then 2 per request: its key count, its argument count
+  ARGV  1 'batch'   2 n   3 the call's id ('' for none)   4 when the record
+        hash expires (unix s)
+        then 3 per request: its key count, its argument count, its deadline
+        (wall-clock ms, Redis TIME, after which it may not be charged: its
+        caller has answered 503 by then; 0 for none)
         then each request's arguments (as above, from 'check'), in order
-  KEYS  each request's keys, in order
-  RETURNS one array per request: its 'check' answer, or {'error', message}
-  when its keys failed (that request wrote nothing; the others ran).
+  KEYS  1 the record hash (call id -> this call's answer, JSON), in the
+        rules' slot; then each request's keys, in order
+  RETURNS one array per request: its 'check' answer, {'late'} past its
+  deadline (nothing of it read or written), or {'error', message} when its
+  keys failed (that request wrote nothing; the others ran).
+A call whose id is in the record hash ran already: Redis Cluster's client
+re-sends a call after a dropped connection, and the re-sent call is answered
+with the first one's answer and charges nothing again. The record lives until
+2 s after the second the call's last deadline falls in; a re-send after that
+finds every request past its deadline, so it charges nothing either.
 Each request is checked and charged on its own, in order, as if by its own
 call: a later request sees an earlier one's charges.
 
@@ -115,15 +126,28 @@ if ARGV[1] ~= 'batch' then
   hc_flush()
   return r
 end
-local n = tonumber(ARGV[2])
-if not n or #ARGV < 2 + 2 * n then return redis.error_reply('ERR rules.lua: bad batch') end
+local n, id, expire_at = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if not n or not tonumber(expire_at) or #ARGV < 4 + 3 * n then
+  return redis.error_reply('ERR rules.lua: bad batch')
+end
+-- A re-sent call: the first one's answer (a wrong-type record hash fails the
+-- call here, before anything is written).
+if id ~= '' then
+  local first = redis.call('HGET', KEYS[1], id)
+  if first then return cjson.decode(first) end
+end
+local t = redis.call('TIME')
+local time_ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 -- Each request's rules, then one read of every epoch hash for all of them.
 -- Each request's arguments are 'check', now, n, then 11 a rule.
-local reqs, todo, k, a = {}, {}, 0, 2 + 2 * n
+local reqs, todo, k, a = {}, {}, 1, 4 + 3 * n
 for i = 1, n do
-  local nk, na = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  local h = 2 + 3 * i
+  local nk, na, deadline = tonumber(ARGV[h]), tonumber(ARGV[h + 1]), tonumber(ARGV[h + 2])
   local now, nr = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if nk and na and now and nr and 2 * na == 6 + 11 * nk and nk == 2 * nr then
+  if deadline and deadline > 0 and time_ms > deadline then
+    todo[i] = 'late'
+  elseif nk and na and now and nr and deadline and 2 * na == 6 + 11 * nk and nk == 2 * nr then
     local specs, msg = rule_specs(nr, k, a + 3)
     if specs then
       todo[i] = {ARGV[a + 1], now, specs}
@@ -140,6 +164,8 @@ for i = 1, n do
   local t, ok, r = todo[i], true, nil
   if type(t) == 'table' then
     ok, r = pcall(rules_run, t[1], t[2], t[3])
+  elseif t == 'late' then
+    r = {'late'}
   else
     r = {err = t or 'ERR rules.lua: bad arguments'}
   end
@@ -151,4 +177,10 @@ for i = 1, n do
   out[i] = r
 end
 hc_flush()
+-- The record of this call's answer (its hash was read above, so this
+-- cannot fail).
+if id ~= '' then
+  redis.call('HSET', KEYS[1], id, cjson.encode(out))
+  redis.call('EXPIREAT', KEYS[1], expire_at, 'NX')
+end
 return out

@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod ratelimit;
 pub mod secret;
+pub mod unique;
 pub mod webhook;
 
 pub use error::FieldError;

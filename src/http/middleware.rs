@@ -24,6 +24,7 @@ use futures_util::FutureExt;
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
+use crate::domain::unique::unique_id;
 use crate::error::ApiError;
 use crate::guard::Client;
 use crate::http::AppState;
@@ -31,24 +32,6 @@ use crate::http::AppState;
 /// The server-made id of a request.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
-
-/// A request id: 64 random bits drawn once per process, then a counter.
-/// Unique within the process, and across restarts but with probability
-/// 2^-64 per pair, without a random-number syscall per request.
-fn next_request_id() -> String {
-    use std::sync::LazyLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).expect("the OS random source is available");
-        u64::from_le_bytes(b)
-    });
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&PREFIX.to_be_bytes());
-    id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    hex::encode(id)
-}
 
 /// Counts a request in its route's metrics. The handles are kept per
 /// (route, status) on each worker thread: `counter!` hashes its labels and
@@ -161,7 +144,7 @@ pub async fn edge(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
-    let id = next_request_id();
+    let id = unique_id();
     req.extensions_mut().insert(RequestId(id.clone()));
     // The client address, resolved once for every route (trusted proxies,
     // IPv6 prefix); handlers and the guard read it from the extensions.

@@ -27,6 +27,7 @@
 //! | `st:campaign-no:<n>` | string | campaign id of number `n` (codes carry the number) |
 //! | `st:{r:<shard>}:<rule>:e:<epoch>` | hash | a rate rule's buckets (or a `distinct` rule's members) of one epoch, one field per rule key (`lua/rules.lua`) |
 //! | `st:{r:<shard>}:<rule>:b:<k>` | hash | a rule key's violations and ban level (rules that ban) |
+//! | `st:{r:<shard>}:rc:<s>` | hash | call id -> the answer of a batched rule check (JSON), for the transport re-sends of calls whose last deadline falls in second `s`; expires 2 s after it |
 //! | `st:{bans}` | hash | `<kind>:<pseudonym>` -> ban record (JSON); `~v` -> version |
 //! | `st:{audit}` | stream | reloads, bans, unbans: who, why, when |
 //!
@@ -269,6 +270,12 @@ pub fn rule_tag(key: &str) -> &str {
     key.find('{')
         .and_then(|o| key[o..].find('}').map(|c| &key[o + 1..o + c]))
         .unwrap_or(key)
+}
+
+/// The answers of the batched rule checks on hash tag `tag` whose last
+/// deadline falls in second `s` (`lua/rules.lua`'s batch mode).
+pub fn rule_calls(tag: &str, s: i64) -> String {
+    format!("st:{{{tag}}}:rc:{s}")
 }
 
 /// Where one caller's `Idempotency-Key` is claimed across campaigns.

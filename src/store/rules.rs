@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::unique::unique_id;
 use crate::store::batch;
 use crate::store::keys;
 use crate::store::redis::{Result, Store, StoreError, parse};
@@ -189,6 +190,47 @@ pub(super) fn parse_rule_results(out: &[String], n: usize) -> Result<Vec<RuleRes
 pub(super) struct RulesCall {
     keys: Vec<String>,
     args: Vec<String>,
+    /// Wall-clock ms after which the check may not be charged
+    /// ([`Store::script_deadline_ms`]).
+    deadline_ms: i64,
+}
+
+/// One `rules.lua` batch call of `calls` under the call id `id` (its
+/// answer is recorded under the id, so a re-send of the call is answered
+/// with it and charges nothing again). Every call of a batch is on the
+/// same hash tag: the record hash is on it too.
+fn batch_invocation(id: &str, calls: &[&RulesCall]) -> redis::ScriptInvocation<'static> {
+    let last = calls.iter().map(|c| c.deadline_ms).max().unwrap_or(0);
+    let second = last.div_euclid(1000);
+    let tag = calls
+        .first()
+        .and_then(|c| c.keys.first())
+        .map_or("r:0", |k| keys::rule_tag(k));
+    let mut inv = scripts::RULES.prepare_invoke();
+    inv.key(keys::rule_calls(tag, second));
+    inv.arg("batch").arg(calls.len()).arg(id).arg(second + 2);
+    for c in calls {
+        inv.arg(c.keys.len()).arg(c.args.len()).arg(c.deadline_ms);
+    }
+    for c in calls {
+        for k in &c.keys {
+            inv.key(k);
+        }
+        for a in &c.args {
+            inv.arg(a);
+        }
+    }
+    inv
+}
+
+/// One request's answer from a batch: its rule results, a `503` for a
+/// check Redis reached past its deadline, or its keys' error.
+fn rule_answer(store: &Store, out: &[String], n: usize) -> Result<Vec<RuleResult>> {
+    match out.first().map(String::as_str) {
+        Some("late") => Err(StoreError::Timeout(store.deadline())),
+        Some("error") => Err(StoreError::Script(out.get(1).cloned().unwrap_or_default())),
+        _ => parse_rule_results(out, n),
+    }
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -197,6 +239,8 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 impl Store {
     /// Checks (and charges `Requests` and `Distinct`) the rules of one slot.
+    /// The check carries its deadline into the script, as a claim does: one
+    /// Redis reaches after its caller answered `503` charges nothing.
     pub async fn check_rules(&self, now_ms: i64, calls: &[RuleCall]) -> Result<Vec<RuleResult>> {
         let (keys, args) = rule_args(now_ms, "check", calls);
         let Some(first) = keys.first() else {
@@ -210,44 +254,64 @@ impl Store {
         } else {
             "rules".to_owned()
         };
+        let call = RulesCall {
+            keys,
+            args,
+            deadline_ms: self.script_deadline_ms(),
+        };
         let store = self.clone();
         let flush_lane = lane.clone();
         let out = self
-            .enqueue(&self.rules, &lane, RulesCall { keys, args }, move || {
+            .enqueue(&self.rules, &lane, call, move || {
                 store.flush_rules(flush_lane)
             })
             .await?;
-        if out.first().is_some_and(|s| s == "error") {
-            return Err(StoreError::Script(out.get(1).cloned().unwrap_or_default()));
-        }
-        parse_rule_results(&out, calls.len())
+        rule_answer(self, &out, calls.len())
+    }
+
+    /// One rule check sent on its own as a batch of one under the call id
+    /// `id`, with its own `deadline_ms`: what the batcher sends, for tests
+    /// of a re-sent call (the same id twice) and of a late one.
+    pub async fn check_rules_as(
+        &self,
+        id: &str,
+        deadline_ms: i64,
+        now_ms: i64,
+        calls: &[RuleCall],
+    ) -> Result<Vec<RuleResult>> {
+        let (keys, args) = rule_args(now_ms, "check", calls);
+        let call = RulesCall {
+            keys,
+            args,
+            deadline_ms,
+        };
+        let inv = batch_invocation(id, &[&call]);
+        let mut conn = self.conn();
+        let reply: Vec<redis::Value> = self
+            .bounded(async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        let out = batch::split(Ok(reply), 1).into_iter().next();
+        let out = out.ok_or_else(|| StoreError::Protocol("rules: no answer".into()))?;
+        rule_answer(self, &out.map_err(StoreError::classify)?, calls.len())
     }
 
     /// Sends the lane's queued checks, a batch at a time, until none waits
-    /// (`rules.lua`'s batch mode; runs on the Redis runtime).
+    /// (`rules.lua`'s batch mode; runs on the Redis runtime). Each batch has
+    /// its own call id: Redis Cluster's client re-sends a call after a
+    /// dropped connection, and the script answers a re-sent call from its
+    /// record instead of counting its checks twice.
     async fn flush_rules(self, lane: String) {
         while let Some(batch) = self.rules.take(&lane) {
-            let mut inv = scripts::RULES.prepare_invoke();
-            inv.arg("batch").arg(batch.len());
-            for q in &batch {
-                inv.arg(q.call.keys.len()).arg(q.call.args.len());
-            }
-            for q in &batch {
-                for k in &q.call.keys {
-                    inv.key(k);
-                }
-                for a in &q.call.args {
-                    inv.arg(a);
-                }
-            }
+            let calls: Vec<&RulesCall> = batch.iter().map(|q| &q.call).collect();
+            let inv = batch_invocation(&unique_id(), &calls);
             let mut conn = self.conn();
             let n = batch.len();
             let replies = batch::split(inv.invoke_async(&mut conn).await, n);
             metrics::histogram!("stampede_rules_batch_size").record(n as f64);
             for (q, reply) in batch.into_iter().zip(replies) {
-                // A check answered after its caller's 503 charged a rule
-                // counter at most: left as it is (rules bound abuse, not
-                // stock).
+                // The caller gave up (answered 503): the script refused to
+                // charge it once past its deadline; before the deadline,
+                // a reply lost on the way back charged its rules.
                 let _ = q.reply.send(reply);
             }
         }

@@ -100,3 +100,52 @@ async fn claims_answered_503_during_a_stall_are_never_charged() {
         .stop()
         .await;
 }
+
+/// A batched rule check is recorded under its call id: Redis Cluster's
+/// client re-sends a call after a dropped connection, and the re-sent call
+/// gets the first one's answer without counting again. A check that reaches
+/// Redis past its deadline (its caller has answered 503) counts nothing.
+/// Runs on one node and on a cluster (`TEST_REDIS_CLUSTER=1`).
+#[tokio::test]
+async fn a_rule_check_sent_twice_or_too_late_counts_once_or_not_at_all() {
+    use stampede::domain::clock::Clock;
+    use stampede::store::keys;
+    use stampede::store::rules::{RuleCall, RuleKind, RuleStatus};
+    use stampede::store::{Store, StoreError};
+    let app = spawn_app().await;
+    let store = Store::open(&app.store_url(), Duration::from_secs(2)).unwrap();
+    let digest = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    let (epochs, ban_state) = keys::rule(digest, "resend", keys::RULE_SHARDS);
+    let rule = RuleCall {
+        epochs,
+        ban_state,
+        field: digest.into(),
+        kind: RuleKind::Requests,
+        limit: 5,
+        window_ms: 60_000,
+        enforce: true,
+        member: String::new(),
+        ban_after: 0,
+        ban_ms: 0,
+        ban_factor: 1,
+        ban_max_ms: 0,
+        decay_ms: 0,
+    };
+    let now = app.clock.now_ms();
+    let deadline = store.script_deadline_ms();
+    let check = |id: &'static str, deadline: i64| {
+        let (store, rule) = (store.clone(), rule.clone());
+        async move { store.check_rules_as(id, deadline, now, &[rule]).await }
+    };
+    let first = check("call-1", deadline).await.unwrap();
+    assert_eq!((first[0].status, first[0].remaining), (RuleStatus::Ok, 4));
+    // The same call again: the same answer, nothing counted.
+    assert_eq!(check("call-1", deadline).await.unwrap(), first);
+    // Past its deadline: 503 (a timeout), nothing counted.
+    let late = check("call-2", deadline - 60_000).await;
+    assert!(matches!(late, Err(StoreError::Timeout(_))), "{late:?}");
+    // So the next call is the second one counted.
+    let next = check("call-3", deadline).await.unwrap();
+    assert_eq!(next[0].remaining, 3, "{next:?}");
+    app.stop().await;
+}

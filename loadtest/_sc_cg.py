@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Redis time of the claim script per claim, without the service.
+
+    pip install redis
+    python3 loadtest/script_cost.py [--rules] [--batch 30] [--calls 400] [--buckets 4096] [--aof]
+                                    [--callgrind]
+
+Starts its own redis-server on a free loopback port (killed at the end),
+loads hcache.lua + rules_core.lua + claim.lua as store::scripts does, and
+sends `--calls` batches of `--batch` claims (a new phone and device each, as
+loadtest/claim.lua sends them; with --rules, the three rules of
+loadtest/limits-3rules.toml in the call's rule table). A warm-up of the same
+size runs first. Prints EVALSHA's own time (INFO commandstats) divided by the
+claims: the script's cost alone, with no HTTP, no network and no other
+process on the Redis thread. `--buckets` is the number of quota buckets the
+claims spread over (the service uses the next power of two of stock / 16,
+at most 65,536). Every claim must be issued; the script checks it.
+
+--callgrind runs redis-server under valgrind's callgrind (apt-get install
+valgrind) and prints the instructions Redis executed per claim over the
+measured batches instead (counters zeroed after the warm-up, dumped after
+the last batch): a count, not a time, so it does not move with the load
+on the machine. Use --calls 150 or more: a few % still moves with the
+random identities (hash growth, Lua's incremental GC). LUA_DIR=<dir>
+reads the scripts from another directory (an A/B of two versions).
+--yardstick sends ../shared/yardstick's claim script instead, one claim a
+call as the yardstick does (the reference: its count includes reading each
+call and writing its reply, which a batch shares among its claims).
+"""
+import argparse
+import base64
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import redis
+
+ROOT = os.environ.get("LUA_DIR") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "lua")
+RULES = [  # loadtest/limits-3rules.toml, as the service sends it
+    ("st:{r:0}:ip-burst:e:", ["r", "100000000", "60000", "1", "0", "0", "1", "31536000000", "0"]),
+    ("st:{r:0}:device-farm:e:", ["d", "3", "86400000", "1", "0", "0", "1", "31536000000", "0"]),
+    ("st:{r:0}:phone-rate:e:", ["r", "5", "60000", "1", "0", "0", "1", "31536000000", "0"]),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hex16():
+    return os.urandom(8).hex()
+
+
+def b64():
+    return base64.urlsafe_b64encode(os.urandom(12)).decode().rstrip("=")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rules", action="store_true")
+    ap.add_argument("--batch", type=int, default=30)
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--buckets", type=int, default=4096)
+    ap.add_argument("--aof", action="store_true", help="appendonly yes, appendfsync everysec")
+    ap.add_argument("--callgrind", action="store_true", help="count Redis's instructions")
+    ap.add_argument("--yardstick", action="store_true", help="the yardstick's script instead")
+    a = ap.parse_args()
+    port, work = free_port(), tempfile.mkdtemp()
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p"] if a.callgrind else []
+    server = subprocess.Popen(
+        grind + [os.environ.get("REDIS_BIN","redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "yes" if a.aof else "no", "--dir", work],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if a.callgrind else None)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(50 if not a.callgrind else 600):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        r.hset("st:{bench}:meta", mapping={
+            "state": "active", "stock": 4_000_000_000, "issued": 0, "starts_ms": 0,
+            "ends_ms": 0, "per_phone": 1, "per_device": 1, "per_ip": 0, "valid_ms": 0,
+            "rollout": 100, "low_at": -1})
+        text = "".join(open(os.path.join(ROOT, f)).read()
+                       for f in ("hcache.lua", "rules_core.lua", "claim.lua"))
+        sha = r.script_load(text)
+        table = RULES if a.rules else []
+        run, seq, ip = hex16(), [0], hex16()
+
+        def claim(now):
+            seq[0] += 1
+            keys = [f"st:{{bench}}:q:p:{int.from_bytes(os.urandom(4), 'big') % a.buckets}",
+                    f"st:{{bench}}:q:d:{int.from_bytes(os.urandom(4), 'big') % a.buckets}",
+                    "st:{bench}:q:i:0", "st:{bench}:rid:0"]
+            args = [str(now), b64(), b64(), "ipipipipipipipip", os.urandom(16).hex(), "86400",
+                    "s", "5", "", "0", f"{run}-{seq[0]}", str(int(time.time()) + 600),
+                    str(len(table))]
+            if table:
+                args += ["1", ip, "", "2", hex16(), hex16(), "3", hex16(), ""]
+            return keys, args
+
+        def yardstick(calls):
+            src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                    "shared", "yardstick", "src", "main.rs")).read()
+            body = src.split('const CLAIM: &str = r#"', 1)[1].split('"#;', 1)[0]
+            ysha = r.script_load(body)
+            r.set("{c}:stock", 4_000_000_000)
+            for _ in range(calls * a.batch):
+                phone, device = b64(), b64()
+                out = r.evalsha(ysha, 6, "{c}:stock", f"{{c}}:p:{phone}", f"{{c}}:d:{device}",
+                                "{c}:ip:127.0.0.1", "{c}:serial", "{c}:claims", 1, phone)
+                if out[0] != 1:
+                    sys.exit(f"not issued: {out}")
+
+        def batches(calls):
+            if a.yardstick:
+                return yardstick(calls)
+            for c in range(calls):
+                now = int(time.time() * 1000)
+                keys = ["st:{bench}:meta", "st:{bench}:cl", "st:{bench}:outbox",
+                        "st:{bench}:stats"] + [p for p, _ in table]
+                args = [str(a.batch), str(len(table))] + [x for _, cs in table for x in cs]
+                ck, ca = [], []
+                for _ in range(a.batch):
+                    k, v = claim(now)
+                    ck += k
+                    ca += v
+                out = r.evalsha(sha, len(keys) + len(ck), *keys, *ck, *args, *ca)
+                # A claim's answer ends ok serial ms exp replay: its fields joined
+                # by '|' (an array before 2026-12-04, for an A/B with LUA_DIR).
+                bad = [o for o in out if (o.split(b'|') if isinstance(o, bytes) else o)[-5] != b'ok']
+                if bad:
+                    sys.exit(f"not issued: {bad[:2]}")
+
+        def usec():
+            s = r.info("commandstats").get("cmdstat_evalsha", {})
+            return s.get("usec", 0)
+
+        what = (f"({'3 rules' if a.rules else 'no rules'}, batches of {a.batch}, "
+                f"{a.buckets} quota buckets, AOF {'on' if a.aof else 'off'})")
+        if a.yardstick:
+            what = f"(the yardstick's script, one claim a call, AOF {'on' if a.aof else 'off'})"
+        batches(a.calls)  # warm-up: the buckets and rule hashes exist
+        if a.callgrind:
+            ctl = lambda flag: subprocess.run(["callgrind_control", flag, str(server.pid)],
+                                              capture_output=True, check=True)
+            ctl("-z")
+            batches(a.calls)
+            ctl("-d")
+            dump = max(glob.glob(f"{work}/cg.{server.pid}.*"), key=os.path.getmtime)
+            total = next(int(line.split()[1]) for line in open(dump)
+                         if line.startswith(("summary:", "totals:")))
+            print(f"{total / (a.calls * a.batch):,.0f} Redis instructions a claim {what}")
+            return
+        u0 = usec()
+        batches(a.calls)
+        per = (usec() - u0) / (a.calls * a.batch)
+        print(f"{per:.2f} us of script a claim {what}")
+    finally:
+        server.kill()
+        server.wait()
+        print("kept", work)
+
+
+if __name__ == "__main__":
+    main()
