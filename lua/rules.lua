@@ -44,16 +44,17 @@ Bans keep their state in a small hash per rule key (violations 'v<bucket>',
 'lvl' bans started in a row, 'lvl_end' when the last one ends), read and
 written only when a request is over a rule that bans.
 
-Time is the service's injected clock (ARGV[2]), never Redis TIME; key TTLs
-only bound memory.
+Time is the service's injected clock (a request's now_ms), never Redis
+TIME (which only judges a request's deadline); key TTLs only bound memory.
 
+Every call is a BATCH (below) of requests; ONE REQUEST has
 KEYS (2 per rule, all under one hash tag: this call's slot)
   2i-1  prefix  the rule's epoch hashes are this prefix followed by the epoch
   2i    hash    the rule key's ban state (only rules that ban use it)
 ARGV
   1  mode      'check' | 'settle'
   2  now_ms
-  3  n         rules in this call
+  3  n         rules in this request
   then 11 per rule, starting at 4 + (i-1)*11:
     +0 kind    'r' requests (checked and charged now), 'o' successes/failures
                (check now, charged by 'settle'), 'd' distinct
@@ -70,8 +71,9 @@ RETURNS (check) 5 values per rule, in order, all strings (the numbers
   request started), level (that ban's place in the escalation)
 RETURNS (settle) {'ok'}: one unit charged to each rule (kind 'o' only).
 
-BATCH: ARGV[1] = 'batch' checks several requests in one call (the service
-coalesces the checks that arrive while one is in flight: store::batch):
+BATCH: a call checks (or settles) several requests (the service coalesces
+the checks that arrive while one is in flight: store::batch; a settle is a
+batch of one):
   ARGV  1 'batch'   2 n   3 the call's id ('' for none)   4 when the record
         hash expires (unix s)
         then 3 per request: its key count, its argument count, its deadline
@@ -112,20 +114,7 @@ the hot path: they were a third of the script's Redis calls.)
 local function failed(r)
   return tostring(type(r) == 'table' and (r.err or r.message) or r)
 end
-if ARGV[1] ~= 'batch' then
-  local n, now = tonumber(ARGV[3]), tonumber(ARGV[2])
-  if not n or not now or #KEYS ~= 2 * n or #ARGV ~= 3 + 11 * n then
-    return redis.error_reply('ERR rules.lua: bad arguments')
-  end
-  local specs, msg = rule_specs(n, 0, 3)
-  if not specs then return redis.error_reply(msg) end
-  rules_prefetch({{now, specs}})
-  local ok, r = pcall(rules_run, ARGV[1], now, specs)
-  if not ok then return redis.error_reply(failed(r)) end
-  if r.err then return redis.error_reply(r.err) end
-  hc_flush()
-  return r
-end
+if ARGV[1] ~= 'batch' then return redis.error_reply('ERR rules.lua: bad batch') end
 local n, id, expire_at = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 if not n or not tonumber(expire_at) or #ARGV < 4 + 3 * n then
   return redis.error_reply('ERR rules.lua: bad batch')

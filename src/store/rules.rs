@@ -223,14 +223,19 @@ fn batch_invocation(id: &str, calls: &[&RulesCall]) -> redis::ScriptInvocation<'
     inv
 }
 
-/// One request's answer from a batch: its rule results, a `503` for a
-/// check Redis reached past its deadline, or its keys' error.
-fn rule_answer(store: &Store, out: &[String], n: usize) -> Result<Vec<RuleResult>> {
+/// One request's answer from a batch, or a `503` for a request Redis
+/// reached past its deadline (not charged), or its keys' error.
+fn answered<'a>(store: &Store, out: &'a [String]) -> Result<&'a [String]> {
     match out.first().map(String::as_str) {
         Some("late") => Err(StoreError::Timeout(store.deadline())),
         Some("error") => Err(StoreError::Script(out.get(1).cloned().unwrap_or_default())),
-        _ => parse_rule_results(out, n),
+        _ => Ok(out),
     }
+}
+
+/// A check's answer: its `n` rules' results (see [`answered`]).
+fn rule_answer(store: &Store, out: &[String], n: usize) -> Result<Vec<RuleResult>> {
+    parse_rule_results(answered(store, out)?, n)
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -280,11 +285,22 @@ impl Store {
         calls: &[RuleCall],
     ) -> Result<Vec<RuleResult>> {
         let (keys, args) = rule_args(now_ms, "check", calls);
-        let call = RulesCall {
-            keys,
-            args,
-            deadline_ms,
-        };
+        let out = self
+            .rules_call(
+                id,
+                RulesCall {
+                    keys,
+                    args,
+                    deadline_ms,
+                },
+            )
+            .await?;
+        rule_answer(self, &out, calls.len())
+    }
+
+    /// One `rules.lua` batch call of one request (not queued), recorded
+    /// under `id`; its answer.
+    async fn rules_call(&self, id: &str, call: RulesCall) -> Result<Vec<String>> {
         let inv = batch_invocation(id, &[&call]);
         let mut conn = self.conn();
         let reply: Vec<redis::Value> = self
@@ -292,7 +308,7 @@ impl Store {
             .await?;
         let out = batch::split(Ok(reply), 1).into_iter().next();
         let out = out.ok_or_else(|| StoreError::Protocol("rules: no answer".into()))?;
-        rule_answer(self, &out.map_err(StoreError::classify)?, calls.len())
+        out.map_err(StoreError::classify)
     }
 
     /// Sends the lane's queued checks, a batch at a time, until none waits
@@ -317,12 +333,25 @@ impl Store {
         }
     }
 
-    /// Charges one unit to each (`Outcomes`) rule of one slot.
+    /// Charges one unit to each (`Outcomes`) rule of one slot. Like a
+    /// check, the charge is recorded under a call id (a cluster re-send
+    /// counts once) and carries its deadline: an `Err` means not charged,
+    /// unless the connection dropped.
     pub async fn settle_rules(&self, now_ms: i64, calls: &[RuleCall]) -> Result<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
         let (keys, args) = rule_args(now_ms, "settle", calls);
-        self.script(&scripts::RULES, &refs(&keys), &refs(&args))
-            .await
-            .map(|_| ())
+        let call = RulesCall {
+            keys,
+            args,
+            deadline_ms: self.script_deadline_ms(),
+        };
+        let out = self.rules_call(&unique_id(), call).await?;
+        match answered(self, &out)? {
+            [ok] if ok == "ok" => Ok(()),
+            other => Err(StoreError::Protocol(format!("rules settle: {other:?}"))),
+        }
     }
 
     /// Starts (or replaces) bans; returns the new bans version.

@@ -242,13 +242,19 @@ async fn each_rule_check_of_a_batch_sees_the_ones_before_and_fails_alone() {
         include_str!("../../lua/rules_core.lua"),
         include_str!("../../lua/rules.lua")
     ))
-    .arg(batch.iter().map(|(k, _)| k.len()).sum::<usize>());
+    .arg(1 + batch.iter().map(|(k, _)| k.len()).sum::<usize>())
+    .arg("rc:1");
     for (k, _) in &batch {
         cmd.arg(k);
     }
-    cmd.arg("batch").arg(batch.len());
+    // The call's id and its record's expiry; then each request's key and
+    // argument counts and its deadline (0: none).
+    cmd.arg("batch")
+        .arg(batch.len())
+        .arg("call-1")
+        .arg(4_000_000_000u64);
     for (k, a) in &batch {
-        cmd.arg(k.len()).arg(a.len());
+        cmd.arg(k.len()).arg(a.len()).arg(0);
     }
     for (_, a) in &batch {
         cmd.arg(a);
