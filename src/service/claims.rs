@@ -140,6 +140,14 @@ impl ClaimService {
         Some(e)
     }
 
+    /// Whether a claim on `campaign` without an `Idempotency-Key` is
+    /// answered from memory right now ([`ClaimService::remembered_refusal`]):
+    /// the edge makes no log span for such a claim, which logs nothing.
+    pub fn answered_from_memory(&self, campaign: &str) -> bool {
+        self.soldout
+            .holds(campaign, (Instant::now(), self.clock.now_ms()))
+    }
+
     /// Counts a claim on `campaign` that the block list or a ban refused
     /// (added to its stats by [`ClaimService::flush_remembered`]).
     pub fn count_blocked(&self, campaign: &CampaignId) {

@@ -54,13 +54,16 @@ pub struct SoldOut {
     by_id: RwLock<HashMap<String, Entry>>,
 }
 
+/// `id`'s entry while it holds.
+fn live<'a>(map: &'a HashMap<String, Entry>, id: &str, (now, now_ms): Now) -> Option<&'a Entry> {
+    map.get(id).filter(|e| e.until > now && e.until_ms > now_ms)
+}
+
 impl SoldOut {
     /// The refusal to answer for a claim on `id` now, if one is remembered.
-    pub fn check(&self, id: &str, (now, now_ms): Now) -> Option<ApiError> {
+    pub fn check(&self, id: &str, now: Now) -> Option<ApiError> {
         let map = self.by_id.read().unwrap_or_else(|p| p.into_inner());
-        let e = map
-            .get(id)
-            .filter(|e| e.until > now && e.until_ms > now_ms)?;
+        let e = live(&map, id, now)?;
         e.answered.fetch_add(1, Ordering::Relaxed);
         Some(match &e.not_active {
             None => ApiError::SoldOut(id.to_owned()),
@@ -69,6 +72,13 @@ impl SoldOut {
                 state: state.clone(),
             },
         })
+    }
+
+    /// Whether a claim on `id` would be refused from memory now (nothing
+    /// counted: [`SoldOut::check`] answers it).
+    pub fn holds(&self, id: &str, now: Now) -> bool {
+        let map = self.by_id.read().unwrap_or_else(|p| p.into_inner());
+        live(&map, id, now).is_some()
     }
 
     /// Remembers that every claim on `id` is refused: sold out (`state`
@@ -129,11 +139,14 @@ mod tests {
         assert!(s.check("c", (t, 0)).is_none());
         s.remember("c", None, None, (t, 0));
         assert!(matches!(s.check("c", (t, 0)), Some(ApiError::SoldOut(_))));
+        assert!(s.holds("c", (t, 0)), "holds counts nothing");
+        assert!(!s.holds("d", (t, 0)));
         assert!(matches!(
             s.check("c", (t + TTL / 2, 0)),
             Some(ApiError::SoldOut(_))
         ));
         assert!(s.check("c", (t + TTL, 0)).is_none(), "expired");
+        assert!(!s.holds("c", (t + TTL, 0)));
         assert_eq!(s.flush(t), vec![("c".to_owned(), "rej:sold_out", 2)]);
         assert_eq!(s.flush(t + TTL), vec![], "counted once, then dropped");
     }
