@@ -71,7 +71,9 @@ impl Phone {
         }
         if let Some(d) = cn_mobile_digits(raw, region) {
             let digits = std::str::from_utf8(&d).map_err(|_| PhoneError::Unparsable)?;
-            let e164 = format!("+86{digits}");
+            let mut e164 = String::with_capacity(14);
+            e164.push_str("+86");
+            e164.push_str(digits);
             let prefix: u32 = digits[..7].parse().map_err(|_| PhoneError::Unparsable)?;
             let known = CN_PREFIX_VALID
                 .read()

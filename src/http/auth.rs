@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::middleware::RequestId;
+use crate::http::middleware::{IDEMPOTENCY_KEY, RequestId};
 use crate::service::RequestContext;
 use crate::settings::{ApiKey, Role};
 
@@ -57,7 +57,7 @@ fn authenticate(req: &HttpRequest, keys: &[ApiKey]) -> Result<(String, Role), Ap
 
 /// `Idempotency-Key`: 1..255 printable ASCII characters.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(v) = req.headers().get("idempotency-key") else {
+    let Some(v) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let bytes = v.as_bytes();

@@ -29,6 +29,10 @@ use crate::error::ApiError;
 use crate::guard::Client;
 use crate::http::AppState;
 
+// Header names as constants: a `&str` name is parsed on every lookup.
+pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The server-made id of a request.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -157,12 +161,12 @@ pub async fn edge(
     let mut quiet = false;
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         quiet = fast_claim.as_deref().is_some_and(|c| {
-            !req.headers().contains_key("idempotency-key")
+            !req.headers().contains_key(IDEMPOTENCY_KEY)
                 && state.services.claims.answered_from_memory(c)
         });
         let forwarded: Vec<&str> = req
             .headers()
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .filter_map(|v| v.to_str().ok())
             .collect();
         let guard = &state.services.guard;
