@@ -15,7 +15,7 @@
 //! forged or mistyped code is refused here, before Redis is asked, except with
 //! probability 2^-48 per attempt.
 
-use crate::domain::secret::hmac_sha256;
+use crate::domain::secret::MacKey;
 
 /// Characters in every code.
 pub const CODE_LEN: usize = 18;
@@ -60,7 +60,7 @@ impl CodeError {
 
 /// Mints and verifies codes under one key.
 #[derive(Clone)]
-pub struct CodeKey([u8; 32]);
+pub struct CodeKey(MacKey);
 
 impl std::fmt::Debug for CodeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,13 +70,13 @@ impl std::fmt::Debug for CodeKey {
 
 impl CodeKey {
     pub fn new(key: [u8; 32]) -> Self {
-        Self(key)
+        Self(MacKey::new(&key))
     }
 
     fn tag(&self, p: CodePayload) -> u64 {
         let no = p.campaign_no.to_be_bytes();
         let serial = (p.serial as u32).to_be_bytes();
-        let mac = hmac_sha256(&self.0, &[b"code", &no[1..], &serial]);
+        let mac = self.0.mac(&[b"code", &no[1..], &serial]);
         let mut t = [0u8; 8];
         t[2..].copy_from_slice(&mac[..6]);
         u64::from_be_bytes(t)

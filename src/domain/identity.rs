@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::{LazyLock, RwLock};
 
 use crate::domain::error::is_visible_ascii;
-use crate::domain::secret::hmac_sha256;
+use crate::domain::secret::MacKey;
 
 /// A phone number in E.164 form, e.g. `+8613800138000`.
 #[derive(Clone, PartialEq, Eq)]
@@ -219,7 +219,7 @@ impl fmt::Display for Pseudonym {
 
 /// Turns identities into pseudonyms under the identity key.
 #[derive(Clone)]
-pub struct Pseudonymizer([u8; 32]);
+pub struct Pseudonymizer(MacKey);
 
 impl fmt::Debug for Pseudonymizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,11 +229,11 @@ impl fmt::Debug for Pseudonymizer {
 
 impl Pseudonymizer {
     pub fn new(key: [u8; 32]) -> Self {
-        Self(key)
+        Self(MacKey::new(&key))
     }
 
     fn of(&self, kind: &[u8], value: &[u8]) -> Pseudonym {
-        let mac = hmac_sha256(&self.0, &[kind, b"\0", value]);
+        let mac = self.0.mac(&[kind, b"\0", value]);
         Pseudonym(hex::encode(&mac[..16]))
     }
 

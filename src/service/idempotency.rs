@@ -12,7 +12,7 @@
 //! is single-slot). Cost: one extra round trip, only for requests that send
 //! an `Idempotency-Key`.
 
-use crate::domain::secret::{Secret, hmac_sha256};
+use crate::domain::secret::{MacKey, Secret};
 use crate::error::ApiError;
 use crate::service::RequestContext;
 use crate::store::campaigns::KeyOwner;
@@ -28,7 +28,7 @@ pub struct IdemTtls {
 
 #[derive(Clone)]
 pub struct Idempotency {
-    key: [u8; 32],
+    key: MacKey,
     ttls: IdemTtls,
 }
 
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Idempotency {
 impl Idempotency {
     pub fn new(secret: &Secret, ttls: IdemTtls) -> Self {
         Self {
-            key: secret.derive("request-digest"),
+            key: MacKey::new(&secret.derive("request-digest")),
             ttls,
         }
     }
@@ -55,7 +55,7 @@ impl Idempotency {
             joined.push(p);
             joined.push(b"\0");
         }
-        hex::encode(&hmac_sha256(&self.key, &joined)[..16])
+        hex::encode(&self.key.mac(&joined)[..16])
     }
 
     /// The record for a claim or redemption with this request fingerprint.
