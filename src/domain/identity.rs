@@ -234,7 +234,7 @@ impl Pseudonymizer {
 
     fn of(&self, kind: &[u8], value: &[u8]) -> Pseudonym {
         let mac = self.0.mac(&[kind, b"\0", value]);
-        Pseudonym(hex::encode(&mac[..16]))
+        Pseudonym(crate::domain::hex::lower(&mac[..16]))
     }
 
     pub fn phone(&self, p: &Phone) -> Pseudonym {

@@ -9,6 +9,7 @@ pub mod code;
 pub mod coupon;
 pub mod eligibility;
 pub mod error;
+pub mod hex;
 pub mod identity;
 pub mod lifecycle;
 pub mod limits;

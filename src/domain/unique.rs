@@ -17,13 +17,7 @@ pub fn unique_id() -> String {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&PREFIX.to_be_bytes());
     id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    let mut text = [0u8; 32];
-    // A slice of twice the input's length cannot fail (hex::encode collects
-    // char by char: several times slower, on every request).
-    hex::encode_to_slice(id, &mut text).expect("32 bytes hold 16 in hex");
-    std::str::from_utf8(&text)
-        .expect("hex digits are ASCII")
-        .to_owned()
+    crate::domain::hex::lower(&id)
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ fn key_tag(rule: &Rule, subject: &Subject) -> Option<String> {
         h.update(subject.value(*part)?.as_bytes());
         h.update(b"\0");
     }
-    Some(hex::encode(&h.finalize()[..8]))
+    Some(crate::domain::hex::lower(&h.finalize()[..8]))
 }
 
 /// A distinct value as a rule counts it: 16 hex digits (64 bits). A
@@ -94,7 +94,9 @@ fn key_tag(rule: &Rule, subject: &Subject) -> Option<String> {
 /// them are compared).
 fn member_digest(part: KeyPart, value: &str) -> String {
     match (part, value.get(..16)) {
-        (KeyPart::Campaign, _) | (_, None) => hex::encode(&Sha256::digest(value.as_bytes())[..8]),
+        (KeyPart::Campaign, _) | (_, None) => {
+            crate::domain::hex::lower(&Sha256::digest(value.as_bytes())[..8])
+        }
         (_, Some(prefix)) => prefix.to_owned(),
     }
 }

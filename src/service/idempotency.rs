@@ -55,7 +55,7 @@ impl Idempotency {
             joined.push(p);
             joined.push(b"\0");
         }
-        hex::encode(&self.key.mac(&joined)[..16])
+        crate::domain::hex::lower(&self.key.mac(&joined)[..16])
     }
 
     /// The record for a claim or redemption with this request fingerprint.

@@ -13,7 +13,7 @@ use super::{
 
 pub(super) fn version_of(text: &str) -> String {
     let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-    hex::encode(&digest[..8])
+    crate::domain::hex::lower(&digest[..8])
 }
 
 pub(super) fn check_rule_name(name: &str) -> Result<String, String> {
