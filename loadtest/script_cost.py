@@ -26,6 +26,9 @@ reads the scripts from another directory (an A/B of two versions).
 --yardstick sends ../shared/yardstick's claim script instead, one claim a
 call as the yardstick does (the reference: its count includes reading each
 call and writing its reply, which a batch shares among its claims).
+REDIS_SERVER=<path> runs another redis-server (one built with symbols, to
+read the dump by function); KEEP=<file> keeps the callgrind dump
+(callgrind_annotate --inclusive=yes <file>).
 """
 import argparse
 import base64
@@ -76,7 +79,7 @@ def main():
     port, work = free_port(), tempfile.mkdtemp()
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p"] if a.callgrind else []
     server = subprocess.Popen(
-        grind + ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        grind + [os.environ.get("REDIS_SERVER", "redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "yes" if a.aof else "no", "--dir", work],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if a.callgrind else None)
     try:
@@ -160,6 +163,8 @@ def main():
             dump = max(glob.glob(f"{work}/cg.{server.pid}.*"), key=os.path.getmtime)
             total = next(int(line.split()[1]) for line in open(dump)
                          if line.startswith(("summary:", "totals:")))
+            if os.environ.get("KEEP"):
+                shutil.copy(dump, os.environ["KEEP"])
             print(f"{total / (a.calls * a.batch):,.0f} Redis instructions a claim {what}")
             return
         u0 = usec()
