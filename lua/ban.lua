@@ -17,6 +17,9 @@ local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'hash' then
   return redis.error_reply('WRONGTYPE ban.lua: ' .. KEYS[1] .. ' holds a ' .. t)
 end
+if not counter(redis.call('HGET', KEYS[1], '~v')) then
+  return redis.error_reply('ERR ban.lua: corrupt version in ' .. KEYS[1])
+end
 local changed = 0
 if ARGV[1] == 'set' then
   if #ARGV < 3 or (#ARGV - 1) % 2 ~= 0 then return redis.error_reply('ERR ban.lua: bad arguments') end

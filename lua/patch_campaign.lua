@@ -42,14 +42,16 @@ local m = redis.call('HMGET', KEYS[1], 'ver', 'issued', 'void', 'stock')
 if not m[2] then return {'not_found'} end
 if (m[1] or '0') ~= ARGV[1] then return {'moved'} end
 -- Serials taken back by void_claim.lua are not issued.
-local issued = tonumber(m[2]) and tonumber(m[3] or '0') and tonumber(m[2]) - tonumber(m[3] or '0')
-if not issued then return redis.error_reply('ERR patch_campaign.lua: corrupt counter') end
+if not (counter(m[1]) and counter(m[2]) and counter(m[3]) and counter(m[4])) then
+  return redis.error_reply('ERR patch_campaign.lua: corrupt counter')
+end
+local issued = counter(m[2]) - counter(m[3])
 if tonumber(ARGV[2]) < issued then return {'below_issued', tostring(issued)} end
 
 redis.call('HSET', KEYS[1], unpack(ARGV, 7 + 2 * g))
 if g > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 7, 6 + 2 * g)) end
 -- A raise re-arms a sharded campaign's sold-out webhook (shard_alert.lua).
-if tonumber(ARGV[2]) > (tonumber(m[4] or '0') or 0) then redis.call('HDEL', KEYS[1], 'sold_fired') end
+if tonumber(ARGV[2]) > counter(m[4]) then redis.call('HDEL', KEYS[1], 'sold_fired') end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'at_ms', ARGV[4], 'actor', ARGV[3],
   'action', 'campaign.patch', 'target', string.match(KEYS[1], '{(.-)}'), 'reason', '', 'detail', ARGV[5])

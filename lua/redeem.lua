@@ -28,9 +28,10 @@ a checkout that retries after a timeout gets its discount, once.
 
 ATOMICITY: every key is read (GET, HGET, ZREVRANGEBYSCORE) before anything is
 written, and a read of a wrong-type key raises WRONGTYPE there; the stats hash
-is only written, so its type is checked first; the counter is parsed before
-it is incremented. So the writes (HSET, HINCRBY, SET) cannot fail, and a
-failure anywhere comes before the first write.
+is only written, so its type is checked first; the counter is parsed as
+HINCRBY reads it (num.lua) before it is incremented. So the writes (HSET,
+HINCRBY, SET) cannot fail, and a failure anywhere comes before the first
+write; the statistics are added last, best effort.
 ]]
 
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[7])
@@ -60,7 +61,7 @@ end
 
 local redeemed = redis.call('HGET', KEYS[1], 'redeemed')
 if not redeemed then return answer({'invalid_code'}, false) end
-if not tonumber(redeemed) then
+if not counter(redeemed) then
   return redis.error_reply('ERR redeem.lua: corrupt counter in ' .. KEYS[1])
 end
 local claim = redis.call('HGET', KEYS[2], ARGV[10])
@@ -97,6 +98,7 @@ if tonumber(exp) > 0 and now >= tonumber(exp) then return answer({'expired', exp
 local at = string.format('%d', now)
 redis.call('HSET', KEYS[3], ARGV[2], cjson.encode({order = ARGV[3], at = at, discount = ARGV[4], store = ARGV[5]}))
 redis.call('HINCRBY', KEYS[1], 'redeemed', 1)
-if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], 'red:store:' .. ARGV[5], 1) end
-if channel ~= '' then redis.call('HINCRBY', KEYS[6], 'red:channel:' .. channel, 1) end
+-- Statistics: best effort (a field corrupted by hand fails alone).
+if ARGV[5] ~= '' then redis.pcall('HINCRBY', KEYS[6], 'red:store:' .. ARGV[5], 1) end
+if channel ~= '' then redis.pcall('HINCRBY', KEYS[6], 'red:channel:' .. channel, 1) end
 return answer({'ok', ARGV[3], at, ARGV[4], ARGV[5], '0'}, true)

@@ -47,8 +47,11 @@ if fp ~= '' then
     return {'ok', answer}
   end
 end
-local redeemed = tonumber(redis.call('HGET', KEYS[1], 'redeemed') or '')
-if not redeemed then return {'invalid_code'} end
+local stored = redis.call('HGET', KEYS[1], 'redeemed')
+if not stored then return {'invalid_code'} end
+if not counter(stored) then
+  return redis.error_reply('ERR rollback.lua: corrupt counter in ' .. KEYS[1])
+end
 
 -- The answer, recorded under the client key in the same step.
 local function answer(undone)

@@ -37,8 +37,11 @@ if #ARGV ~= 8 or not tonumber(ARGV[5]) then
   return redis.error_reply('ERR transition.lua: bad arguments')
 end
 local m = redis.call('HMGET', KEYS[1], 'state', 'created_by', 'webhook', 'stock', 'issued',
-  'ended_fired', 'void')
+  'ended_fired', 'void', 'ver')
 if not m[1] then return {'not_found'} end
+if not (counter(m[4]) and counter(m[5]) and counter(m[7]) and counter(m[8])) then
+  return redis.error_reply('ERR transition.lua: corrupt counter in ' .. KEYS[1])
+end
 if m[1] ~= ARGV[1] then return {'moved', m[1]} end
 if ARGV[7] == '1' and m[2] == ARGV[4] then return {'forbidden'} end
 
@@ -55,7 +58,7 @@ if event == 'campaign.ended' then
   redis.call('HSET', KEYS[1], 'ended_fired', '1')
 end
 if event ~= '' and m[3] == '1' then
-  local remaining = math.max(0, (tonumber(m[4]) or 0) - (tonumber(m[5]) or 0) + (tonumber(m[7]) or 0))
+  local remaining = math.max(0, counter(m[4]) - counter(m[5]) + counter(m[7]))
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', event,
     'stock', m[4] or '0', 'remaining', tostring(remaining), 'at_ms', ARGV[5])
 end

@@ -32,7 +32,7 @@ for i = 2, 4 do
 end
 redis.call('HEXISTS', KEYS[6], ARGV[5])  -- raises WRONGTYPE here, before any write
 local meta = redis.call('HMGET', KEYS[1], 'issued', 'void')
-if not meta[1] or not tonumber(meta[1]) or not tonumber(meta[2] or '0') then
+if not meta[1] or not counter(meta[1]) or not counter(meta[2]) then
   return redis.error_reply('ERR void_claim.lua: corrupt counter in ' .. KEYS[1])
 end
 redis.call('HDEL', KEYS[5], ARGV[1])

@@ -55,18 +55,30 @@ macro_rules! with_rules {
     };
 }
 
+/// A script whose text starts with `num.lua` (strict counters).
+macro_rules! with_num {
+    ($name:ident, $file:literal) => {
+        pub static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../../lua/num.lua"),
+                include_str!(concat!("../../lua/", $file))
+            ))
+        });
+    };
+}
+
 with_rules!(CLAIM, "claim.lua");
-script!(REDEEM, "redeem.lua");
-script!(ROLLBACK, "rollback.lua");
+with_num!(REDEEM, "redeem.lua");
+with_num!(ROLLBACK, "rollback.lua");
 script!(INSPECT_CODE, "inspect_code.lua");
 script!(CREATE_CAMPAIGN, "create_campaign.lua");
 with_rules!(RULES, "rules.lua");
-script!(TRANSITION, "transition.lua");
-script!(PATCH_CAMPAIGN, "patch_campaign.lua");
-script!(BAN, "ban.lua");
+with_num!(TRANSITION, "transition.lua");
+with_num!(PATCH_CAMPAIGN, "patch_campaign.lua");
+with_num!(BAN, "ban.lua");
 script!(EXPIRE_CAMPAIGN, "expire_campaign.lua");
 script!(RESERVE_CODES, "reserve_codes.lua");
-script!(VOID_CLAIM, "void_claim.lua");
+with_num!(VOID_CLAIM, "void_claim.lua");
 script!(SHARD_SYNC, "shard_sync.lua");
 script!(SHARD_TAKE, "shard_take.lua");
 script!(SHARD_GIVE, "shard_give.lua");

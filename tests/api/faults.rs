@@ -376,6 +376,14 @@ async fn a_failing_script_changes_nothing() {
         .arg(key("meta"))
         .arg("issued")
         .arg("NaN-ish");
+    // A counter Lua's tonumber reads but HINCRBY refuses: the redemption
+    // must not be recorded ahead of a failing increment.
+    let mut half_counter = redis::pipe();
+    half_counter
+        .cmd("HSET")
+        .arg(key("meta"))
+        .arg("redeemed")
+        .arg("1.5");
     let cases = [
         // A wrong-type key the claim script only writes: its first write fails.
         (
@@ -391,6 +399,7 @@ async fn a_failing_script_changes_nothing() {
         ),
         // A corrupt counter: parsed before it is incremented.
         ("counter", (key("meta"), set_field), Request::Claim(4)),
+        ("redeemed", (key("meta"), half_counter), Request::Redeem),
         // The redeem script with a wrong-type redemptions key.
         (
             "redemptions",

@@ -26,6 +26,7 @@ mod ops;
 mod problems;
 mod redemptions;
 mod replication;
+mod scripts;
 mod shards;
 mod soldout;
 mod webhooks;
