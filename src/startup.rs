@@ -417,6 +417,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         tracing::info!("HTTP server stopped");
+        // The refusals counted in process since the last second's flush
+        // (sold out, not active, blocked) go to the campaigns' stats now,
+        // while the store is still there.
+        self.services.claims.flush_remembered().await;
         let grace = self
             .services
             .settings

@@ -178,3 +178,33 @@ async fn a_pause_is_remembered_and_a_resume_elsewhere_is_seen_within_1s() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn refusals_answered_from_memory_are_in_the_stats_after_a_graceful_stop() {
+    // They are counted in process and added to the campaign's stats once a
+    // second; a graceful stop adds what the last second counted.
+    crate::single_node_only!("reads the stats after the service stopped");
+    let mut app = spawn_app().await;
+    let c = app.create_campaign(json!({"stock": 1})).await;
+    assert_eq!(app.claim(&c, &phone(0), "d0").await.status(), 201);
+    for i in 1..=20 {
+        assert_problem(
+            app.claim(&c, &phone(i), &format!("d{i}")).await,
+            409,
+            "sold_out",
+        )
+        .await;
+    }
+    let redis = app.redis.take().expect("a single node");
+    app.stop().await;
+    let counted: Option<i64> = redis::cmd("HGET")
+        .arg(format!("st:{{{c}}}:stats"))
+        .arg("rej:sold_out")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(
+        counted,
+        Some(20),
+        "every refusal, the script's and the memory's"
+    );
+}
