@@ -155,8 +155,11 @@ end
 --
 -- Parsed values, by value: T, F, the newest bucket's offset and count, and
 -- the text after that bucket. A string is interned, so the lookup hashes
--- no text; bump() records what it writes, so the requests of a call on one
--- hot rule key (one address, many phones) parse it once, not each time.
+-- no text; bump() records what it writes over a value, so the requests of a
+-- call on one hot rule key (one address, many phones) parse it once, not
+-- each time. A brand-new value (a new phone's first request) is not
+-- recorded: it rarely comes up again in the same call, and then it is
+-- parsed.
 local heads = {}
 local function head(v)
   local h = heads[v]
@@ -248,9 +251,7 @@ local function bump(v, o)
   local h = v and head(v)
   -- A new value (or one this engine cannot read, started over).
   if not h then
-    local nv = '1;' .. os .. ';' .. os .. ':1'
-    heads[nv] = {1, o, o, 1, ''}
-    return nv
+    return '1;' .. os .. ';' .. os .. ':1'
   end
   local t, f, newest, fc, rest = h[1] + 1, h[2], h[3], h[4], h[5]
   local t1, fs = istr(t), istr(f)
@@ -336,7 +337,13 @@ local function rules_run(mode, now, specs)
     if vnext == nil then vnext = hc_get(fr.knext, field) end
     r.vcur = vcur
     local over, remaining
-    if c.kind == 'd' then
+    if c.kind == 'd' and not (vprev or vcur or vnext) then
+      -- A value never seen in the window (the common case: a new device).
+      over = c.limit <= 0
+      r.present = false
+      r.reset = c.w
+      remaining = c.limit - (over and 0 or 1)
+    elseif c.kind == 'd' then
       local seen, since = {}, now - c.w
       add_members(vprev, seen, since)
       add_members(vcur, seen, since)
