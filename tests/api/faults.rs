@@ -370,20 +370,12 @@ async fn a_failing_script_changes_nothing() {
         p.cmd("DEL").arg(&k).cmd(cmd).arg(&k).arg(args);
         (k, p)
     };
-    let mut set_field = redis::pipe();
-    set_field
-        .cmd("HSET")
-        .arg(key("meta"))
-        .arg("issued")
-        .arg("NaN-ish");
-    // A counter Lua's tonumber reads but HINCRBY refuses: the redemption
-    // must not be recorded ahead of a failing increment.
-    let mut half_counter = redis::pipe();
-    half_counter
-        .cmd("HSET")
-        .arg(key("meta"))
-        .arg("redeemed")
-        .arg("1.5");
+    // One field of the campaign's record set by hand.
+    let set_meta = |field: &str, value: &str| {
+        let mut p = redis::pipe();
+        p.cmd("HSET").arg(key("meta")).arg(field).arg(value);
+        (key("meta"), p)
+    };
     let cases = [
         // A wrong-type key the claim script only writes: its first write fails.
         (
@@ -398,8 +390,10 @@ async fn a_failing_script_changes_nothing() {
             Request::Claim(3),
         ),
         // A corrupt counter: parsed before it is incremented.
-        ("counter", (key("meta"), set_field), Request::Claim(4)),
-        ("redeemed", (key("meta"), half_counter), Request::Redeem),
+        ("counter", set_meta("issued", "NaN-ish"), Request::Claim(4)),
+        // A counter Lua's tonumber reads but HINCRBY refuses: the redemption
+        // must not be recorded ahead of a failing increment.
+        ("redeemed", set_meta("redeemed", "1.5"), Request::Redeem),
         // The redeem script with a wrong-type redemptions key.
         (
             "redemptions",
