@@ -337,23 +337,21 @@ local function rules_run(mode, now, specs)
     if vnext == nil then vnext = hc_get(fr.knext, field) end
     r.vcur = vcur
     local over, remaining
-    if c.kind == 'd' and not (vprev or vcur or vnext) then
-      -- A value never seen in the window (the common case: a new device).
-      over = c.limit <= 0
-      r.present = false
-      r.reset = c.w
-      remaining = c.limit - (over and 0 or 1)
-    elseif c.kind == 'd' then
-      local seen, since = {}, now - c.w
-      add_members(vprev, seen, since)
-      add_members(vcur, seen, since)
-      add_members(vnext, seen, since)
-      local count, first = 0, false
-      for _, t in pairs(seen) do
-        count = count + 1
-        if not first or t < first then first = t end
+    if c.kind == 'd' then
+      local count, first, present = 0, false, false
+      -- A key with nothing stored in the window (the common case: a new
+      -- device) has no members to scan.
+      if vprev or vcur or vnext then
+        local seen, since = {}, now - c.w
+        add_members(vprev, seen, since)
+        add_members(vcur, seen, since)
+        add_members(vnext, seen, since)
+        for _, t in pairs(seen) do
+          count = count + 1
+          if not first or t < first then first = t end
+        end
+        present = seen[r.member] ~= nil
       end
-      local present = seen[r.member] ~= nil
       over = (not present) and count >= c.limit
       r.present = present
       r.reset = first and (first + c.w - now) or c.w
