@@ -138,7 +138,9 @@ do
     if not r or r < 0 or #ARGV < a + 13 + 3 * r then
       return redis.error_reply('ERR claim.lua: bad arguments')
     end
-    local list = {}
+    -- (Made at the size of four rules: grown one by one, it was
+    -- reallocated three times for three.)
+    local list = {nil, nil, nil, nil}
     for t = 1, r do
       local b = a + 13 + 3 * (t - 1)
       local j, field = ARGV[b + 1], ARGV[b + 2]
@@ -179,14 +181,7 @@ local record_prefix = KEYS[2] .. ':'
 local low_fired = m[12] == '1'
 
 -- The batch's rule fields, read at once (hcache.lua, rules_core.lua).
-do
-  local reqs = {}
-  for i = 1, n do
-    local now = nows[i]
-    if now and #specs[i] > 0 then reqs[#reqs + 1] = {now, specs[i]} end
-  end
-  if #reqs > 0 then rules_prefetch(reqs) end
-end
+if R > 0 then rules_prefetch(nows, specs, n) end
 
 local t = redis.call('TIME')
 local time_ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
@@ -223,18 +218,27 @@ for _, key in ipairs(rid_order) do
   rid_new[key] = {}
 end
 
--- A refusal: counted in the statistics, recorded under a client key.
-local function reject(client, idem, fp, ttl, a, b, c)
+-- The refusal {a, b, c} of the claim whose first key is K and first
+-- argument A (claim() has checked them): counted in the statistics,
+-- recorded under a client key, appended to the claim's rules' answers.
+-- (Not a closure in claim(): making one there cost every claim, refused
+-- or not.)
+local function refuse(K, A, rule_out, a, b, c)
+  local mode = ARGV[A + 6]
+  local client = (mode == 'c' or mode == 'k') and mode
   local field = 'rej:' .. ((a == 'limit' or a == 'not_eligible') and b or a)
   rejected[field] = (rejected[field] or 0) + 1
   local out = {a}
   if b then out[2] = b end
   if c then out[3] = c end
   if client and not (client == 'k' and a == 'sold_out') then
-    redis.call('SET', idem, fp .. '|' .. table.concat(out, '|'), 'EX', int_str(ttl))
+    redis.call('SET', KEYS[K + 3], ARGV[A + 4] .. '|' .. table.concat(out, '|'), 'EX',
+      int_str(int(ARGV[A + 5])))
   end
   out[#out + 1] = '0'
-  return out
+  if #rule_out == 0 then return out end
+  for j = 1, #out do rule_out[#rule_out + 1] = out[j] end
+  return rule_out
 end
 
 -- One claim: K is the index of its first key, A of its first argument.
@@ -272,20 +276,13 @@ local function claim(K, A, now, rule_out)
     return out
   end
 
-  local function refuse(a, b, c)
-    local out = reject(client, idem, fp, ttl, a, b, c)
-    if #rule_out == 0 then return out end
-    for j = 1, #out do rule_out[#rule_out + 1] = out[j] end
-    return rule_out
-  end
-
   -- 2. The campaign's state, window, stock and rollout.
   if not m[1] then rule_out[#rule_out + 1] = 'not_found'; rule_out[#rule_out + 1] = '0'; return rule_out end
-  if m[1] ~= 'active' then return refuse('not_active', m[1]) end
-  if now < starts then return refuse('not_active', 'scheduled', tostring(starts)) end
-  if ends > 0 and now >= ends then return refuse('not_active', 'ended') end
-  if issued - void >= stock or issued >= max_serial then return refuse('sold_out') end
-  if bucket >= rollout then return refuse('not_eligible', 'rollout') end
+  if m[1] ~= 'active' then return refuse(K, A, rule_out, 'not_active', m[1]) end
+  if now < starts then return refuse(K, A, rule_out, 'not_active', 'scheduled', tostring(starts)) end
+  if ends > 0 and now >= ends then return refuse(K, A, rule_out, 'not_active', 'ended') end
+  if issued - void >= stock or issued >= max_serial then return refuse(K, A, rule_out, 'sold_out') end
+  if bucket >= rollout then return refuse(K, A, rule_out, 'not_eligible', 'rollout') end
 
   -- 3. Quotas: counted always (so a limit added later sees past claims),
   --    enforced when set (> 0).
@@ -293,9 +290,9 @@ local function claim(K, A, now, rule_out)
   local ud = int(hc_get(KEYS[K + 1], device))
   local ui = int(hc_get(KEYS[K + 2], ip))
   if not (up and ud and ui) then return {'error', 'claim.lua: corrupt quota counter'} end
-  if lp > 0 and up >= lp then return refuse('limit', 'per_phone') end
-  if ld > 0 and ud >= ld then return refuse('limit', 'per_device') end
-  if li > 0 and ui >= li then return refuse('limit', 'per_ip') end
+  if lp > 0 and up >= lp then return refuse(K, A, rule_out, 'limit', 'per_phone') end
+  if ld > 0 and ud >= ld then return refuse(K, A, rule_out, 'limit', 'per_device') end
+  if li > 0 and ui >= li then return refuse(K, A, rule_out, 'limit', 'per_ip') end
 
   -- 4. Every check passed: charge. The events this claim fires are known now.
   local serial = issued + 1

@@ -101,15 +101,19 @@ local function hc_set(key, field, value, ttl_ms)
   if ttl_ms then hc_ttl[key] = ttl_ms end
 end
 
--- Writes every changed hash: one HSET (and one PEXPIRE) each.
+-- Writes every changed hash: one HSET (and one PEXPIRE) each. One argument
+-- list serves every hash (unpack reads its first k): a table grown field
+-- by field is rehashed at each power of two, and a batch writes a few
+-- hashes a claim.
 local function hc_flush()
+  local args = {}
   for _, key in ipairs(hc_order) do
-    local args, k = {}, 0
+    local k = 0
     for f, v in pairs(hc_dirty[key]) do
       args[k + 1], args[k + 2] = f, v
       k = k + 2
     end
-    redis.call('HSET', key, unpack(args))
+    redis.call('HSET', key, unpack(args, 1, k))
     local ttl = hc_ttl[key]
     if ttl then redis.call('PEXPIRE', key, string.format('%d', ttl)) end
   end

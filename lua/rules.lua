@@ -129,7 +129,7 @@ local t = redis.call('TIME')
 local time_ms = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 -- Each request's rules, then one read of every epoch hash for all of them.
 -- Each request's arguments are 'check', now, n, then 11 a rule.
-local reqs, todo, k, a = {}, {}, 1, 4 + 3 * n
+local nows, lists, todo, k, a = {}, {}, {}, 1, 4 + 3 * n
 for i = 1, n do
   local h = 2 + 3 * i
   local nk, na, deadline = tonumber(ARGV[h]), tonumber(ARGV[h + 1]), tonumber(ARGV[h + 2])
@@ -140,14 +140,14 @@ for i = 1, n do
     local specs, msg = rule_specs(nr, k, a + 3)
     if specs then
       todo[i] = {ARGV[a + 1], now, specs}
-      reqs[#reqs + 1] = {now, specs}
+      nows[i], lists[i] = now, specs
     else
       todo[i] = msg
     end
   end
   k, a = k + (nk or 0), a + (na or 0)
 end
-rules_prefetch(reqs)
+rules_prefetch(nows, lists, n)
 local out = {}
 for i = 1, n do
   local t, ok, r = todo[i], true, nil

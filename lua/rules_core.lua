@@ -77,15 +77,19 @@ end
 -- One rule of one request: its constants, its epoch hashes' prefix, its
 -- rule key's field, its distinct member, and its ban state's key (false:
 -- derived from the prefix, '<...>:e:' -> '<...>:b:<field>', same slot).
--- rules_run fills in the rest (the fields are named here so the table is
--- made at its full size once).
+-- What a check finds out about it is kept in rules_run's scratch arrays,
+-- not here: a table gets each of its fields by a hash insert, and a claim
+-- makes one of these per rule.
 local function rule_spec(cfg, pre, field, member, banh)
-  return {
-    cfg = cfg, pre = pre, field = field, member = member, banh = banh,
-    fr = false, oldest = 0, vcur = false, first = false, present = false, over = false,
-    reset = 0, remaining = 0,
-  }
+  return {cfg = cfg, pre = pre, field = field, member = member, banh = banh}
 end
+
+-- rules_run's findings on a request's i-th rule, by i: its frame, its
+-- current epoch's value, its first live bucket, its oldest bucket in the
+-- window, whether it is over, what remains and when it resets. One set of
+-- arrays serves every request of the call (each check sets 1..n before it
+-- reads them), so a check allocates none.
+local S_fr, S_vcur, S_first, S_oldest, S_over, S_remaining, S_reset = {}, {}, {}, {}, {}, {}, {}
 
 -- How many epochs an epoch hash outlives its own: it is read as the
 -- previous one during the next epoch, and kept two more for a request
@@ -115,24 +119,28 @@ local function frame(c, pre, now)
   return f
 end
 
--- Reads the fields of a batch's rules (`reqs`: {now, specs} each), one HMGET
--- an epoch hash. Then, per rule, drops the hash KEEP_EPOCHS + 1 epochs
+-- Reads the fields of a batch's rules, one HMGET an epoch hash: request i
+-- (1..n) is checked at nows[i] (nil or false: not checked) with the rules
+-- lists[i] (two parallel lists, not a table a request: a claim's call
+-- already has both). Then, per rule, drops the hash KEEP_EPOCHS + 1 epochs
 -- before the oldest epoch a request of the batch is in (UNLINK frees a big
 -- one off the main thread; the TTL set in rules_run only frees the hashes
 -- of a rule nobody uses any more).
-local function rules_prefetch(reqs)
+local function rules_prefetch(nows, lists, n)
   -- The fields wanted of each epoch e (by its hash's name), read from the
   -- hashes of e-1, e and e+1.
-  local lists, order, oldest = {}, {}, {}
-  for _, q in ipairs(reqs) do
-    local now = q[1]
-    for _, r in ipairs(q[2]) do
+  local wanted, order, oldest = {}, {}, {}
+  for i = 1, n do
+    local now = nows[i]
+    local list = now and lists[i]
+    for j = 1, list and #list or 0 do
+      local r = list[j]
       local pre = r.pre
       local fr = frame(r.cfg, pre, now)
-      local l = lists[fr.kcur]
+      local l = wanted[fr.kcur]
       if not l then
         l = {fr = fr}
-        lists[fr.kcur] = l
+        wanted[fr.kcur] = l
         order[#order + 1] = l
       end
       l[#l + 1] = r.field
@@ -214,15 +222,15 @@ end
 
 -- Every live bucket of the three epochs, sorted oldest first (only a
 -- refused request needs more than the oldest one).
-local function live_buckets(r)
-  local b, fr = {}, r.fr
+local function live_buckets(r, i)
+  local b, fr, oldest = {}, S_fr[i], S_oldest[i]
   for j = -1, 1 do
     local v = hc_get(ekey(r.pre, fr.e + j), r.field)
     if v then
       local base = (fr.e + j) * r.cfg.P
       for o, c in gmatch(v, '(%d+):(%d+)') do
         local idx = base + tonumber(o)
-        if idx >= r.oldest then b[#b + 1] = {idx, tonumber(c)} end
+        if idx >= oldest then b[#b + 1] = {idx, tonumber(c)} end
       end
     end
   end
@@ -231,14 +239,15 @@ local function live_buckets(r)
 end
 
 -- Time until `need` counted units have left the window.
-local function free_after(r, need, now)
+local function free_after(r, i, need, now)
   local c = r.cfg
   if need <= 1 then
-    if r.first then return (r.first + 1) * c.s + c.w - now end
+    local first = S_first[i]
+    if first then return (first + 1) * c.s + c.w - now end
     return c.w
   end
   local freed = 0
-  for _, b in ipairs(live_buckets(r)) do
+  for _, b in ipairs(live_buckets(r, i)) do
     freed = freed + b[2]
     if freed >= need then return (b[1] + 1) * c.s + c.w - now end
   end
@@ -299,16 +308,14 @@ local function rules_run(mode, now, specs)
 
   if mode == 'settle' then
     -- The reads first (a wrong-type hash raises before any write).
-    local v = {}
     for i = 1, n do
       local r = specs[i]
-      r.fr = frame(r.cfg, r.pre, now)
-      v[i] = hc_get(r.fr.kcur, r.field)
+      local fr = frame(r.cfg, r.pre, now)
+      S_fr[i], S_vcur[i] = fr, hc_get(fr.kcur, r.field)
     end
     for i = 1, n do
-      local r = specs[i]
-      local fr = r.fr
-      hc_set(fr.kcur, r.field, bump(v[i], fr.off), fr.exp - now)
+      local fr = S_fr[i]
+      hc_set(fr.kcur, specs[i].field, bump(S_vcur[i], fr.off), fr.exp - now)
     end
     return {'ok'}
   end
@@ -323,8 +330,8 @@ local function rules_run(mode, now, specs)
     local c = r.cfg
     local fr = frame(c, r.pre, now)
     local field = r.field
-    r.fr = fr
-    r.oldest = floor((now - c.w) / c.s)
+    local oldest = floor((now - c.w) / c.s)
+    S_fr[i], S_oldest[i] = fr, oldest
     -- The batch's prefetch read them (hc_get only when it did not).
     local h = hc_vals[fr.kprev]
     local vprev = h and h[field]
@@ -335,8 +342,8 @@ local function rules_run(mode, now, specs)
     h = hc_vals[fr.knext]
     local vnext = h and h[field]
     if vnext == nil then vnext = hc_get(fr.knext, field) end
-    r.vcur = vcur
-    local over, remaining
+    S_vcur[i] = vcur
+    local over, remaining, reset
     if c.kind == 'd' then
       local count, first, present = 0, false, false
       -- A key with nothing stored in the window (the common case: a new
@@ -353,14 +360,13 @@ local function rules_run(mode, now, specs)
         present = seen[r.member] ~= nil
       end
       over = (not present) and count >= c.limit
-      r.present = present
-      r.reset = first and (first + c.w - now) or c.w
+      reset = first and (first + c.w - now) or c.w
       remaining = c.limit - count - ((present or over) and 0 or 1)
     else
-      local count, first = add_part(vprev, fr.bprev, r.oldest, 0, false)
+      local count, first = add_part(vprev, fr.bprev, oldest, 0, false)
       count, first = add_whole(vcur, fr.bcur, count, first)
       count, first = add_whole(vnext, fr.bnext, count, first)
-      r.first = first
+      S_first[i] = first
       if c.kind == 'r' then
         over = count + 1 > c.limit
         remaining = c.limit - count - 1
@@ -368,10 +374,10 @@ local function rules_run(mode, now, specs)
         over = count >= c.limit
         remaining = c.limit - count
       end
-      r.reset = free_after(r, over and (count + 1 - c.limit) or 1, now)
+      reset = free_after(r, i, over and (count + 1 - c.limit) or 1, now)
     end
     if remaining < 0 then remaining = 0 end
-    r.over, r.remaining = over, remaining
+    S_over[i], S_remaining[i], S_reset[i] = over, remaining, reset
     if over and c.enforce then
       refused = true
       -- A violation: its ban state (only a rule that bans keeps one).
@@ -386,7 +392,7 @@ local function rules_run(mode, now, specs)
           elseif f == 'lvl_end' then r.lvl_end = finite(flat[j + 1]) or 0
           elseif sub(f, 1, 1) == 'v' then
             local idx = tonumber(sub(f, 2))
-            if idx and idx < r.oldest then stale[#stale + 1] = f
+            if idx and idx < oldest then stale[#stale + 1] = f
             elseif idx then viol = viol + (finite(flat[j + 1]) or 0) end
           end
         end
@@ -403,11 +409,12 @@ local function rules_run(mode, now, specs)
     local r = specs[i]
     local c = r.cfg
     local status, ban_ms, level = 'ok', 0, 0
-    if r.over then status = c.enforce and 'over' or 'shadow' end
+    local over = S_over[i]
+    if over then status = c.enforce and 'over' or 'shadow' end
     if refused then
       if status == 'over' and c.ban_after > 0 then
         if #r.vstale > 0 then call('HDEL', r.banh, unpack(r.vstale)) end
-        call('HINCRBY', r.banh, 'v' .. int_str(r.fr.cur), 1)
+        call('HINCRBY', r.banh, 'v' .. int_str(S_fr[i].cur), 1)
         if r.viol + 1 >= c.ban_after then
           level = r.lvl
           if r.lvl_end + c.decay < now then level = 0 end
@@ -431,13 +438,13 @@ local function rules_run(mode, now, specs)
         call('PEXPIRE', r.banh,
           int_str(max(c.w + c.s, max(r.lvl_end, now + ban_ms) + c.decay - now) + 1000))
       end
-    elseif not r.over then
-      local fr = r.fr
+    elseif not over then
+      local fr = S_fr[i]
       if c.kind == 'r' then
-        hc_set(fr.kcur, r.field, bump(r.vcur, fr.off), fr.exp - now)
+        hc_set(fr.kcur, r.field, bump(S_vcur[i], fr.off), fr.exp - now)
       elseif c.kind == 'd' then
         -- This epoch's members, with this one (again) at `now`.
-        local v = r.vcur
+        local v = S_vcur[i]
         if v then
           if string.find(v, r.member, 1, true) then v = string.gsub(v, r.member .. '@%d+,?', '') end
           if #v > 0 and sub(v, -1) ~= ',' then v = v .. ',' end
@@ -449,9 +456,9 @@ local function rules_run(mode, now, specs)
     end
     -- Numbers go back as text ('%d', small ones printed once a call):
     -- claim.lua joins a claim's answer into one string.
-    local reset = r.reset
+    local reset = S_reset[i]
     out[k + 1] = status
-    out[k + 2] = istr(floor(r.remaining))
+    out[k + 2] = istr(floor(S_remaining[i]))
     out[k + 3] = reset > 0 and istr(floor(reset)) or '0'
     out[k + 4] = ban_ms > 0 and istr(floor(ban_ms)) or '0'
     out[k + 5] = istr(level)
