@@ -81,19 +81,24 @@ A bad argument or a corrupt campaign record fails the whole call (an error
 reply) before anything is written.
 
 ATOMICITY: Redis does not roll back a script that fails half-way, so within
-each claim every read and check comes before that claim's first write, and
-each claim runs under pcall: a claim whose key raises (WRONGTYPE on a read)
-has written nothing of the claim proper, is answered {'error', ...} and
-the next claim runs. A claim's rules are checked first (rules_core.lua: all
+each claim every read and check comes before that claim's first write (the
+two quota counts below, which take themselves back), and each claim runs
+under pcall: a claim whose key raises (WRONGTYPE on a read) has written
+nothing of the claim proper, is answered {'error', ...} and the next claim
+runs. A claim's rules are checked first (rules_core.lua: all
 reads before its writes); a refusal there ends the claim. Rules count
 requests: a claim they passed stays counted whatever the claim proper
-answers. The quota buckets and the idempotency key are read next (through
-hcache.lua); the claim record's bucket is type-checked (hc_hash) and the
-outbox too, only when this claim will write to it, before the claim's first
-write. The record and the counters are then written into the cache, and
-once for the whole batch at its end (hc_flush: keys read or type-checked,
-so it cannot fail); the counters as values (the count read plus one), so no
-stored spelling of a number can make them fail. The server request ids of the batch are read at once (one HMGET
+answers. The idempotency key is read next; then the outbox's type (only
+when this claim will write to it), the claim record's bucket's type
+(hc_hash) and the IP's quota count (through hcache.lua). Then the phone's
+and the device's quota counts are added in place (HINCRBY, the claim's
+first writes): one that fails (a wrong type, a count HINCRBY cannot read)
+or refuses the claim takes back what was added before it (`uncount`, which
+cannot fail), so a refused or failing claim leaves no count behind. The
+record and the IP's count are then written into the cache, and once for
+the whole batch at its end (hc_flush: keys read or type-checked, so it
+cannot fail); the IP's count as a value (the count read plus one), so no
+stored spelling of a number can make it fail. The server request ids of the batch are read at once (one HMGET
 per hash, before any claim runs) and written at once at the end, with
 `issued` (HSET: only this script writes it, and it was read at the start);
 neither write can fail, and a script's effects reach the AOF and replicas
@@ -218,6 +223,17 @@ for _, key in ipairs(rid_order) do
   rid_new[key] = {}
 end
 
+-- Takes back the quota count a claim just added to `field` of `key` (`n`
+-- the count after it). Cannot fail: the field holds an integer now. A
+-- count that was the first goes whole, so a refused claim leaves no field.
+local function uncount(key, field, n)
+  if n == 1 then
+    redis.call('HDEL', key, field)
+  else
+    redis.call('HINCRBY', key, field, -1)
+  end
+end
+
 -- The refusal {a, b, c} of the claim whose first key is K and first
 -- argument A (claim() has checked them): counted in the statistics,
 -- recorded under a client key, appended to the claim's rules' answers.
@@ -284,17 +300,9 @@ local function claim(K, A, now, rule_out)
   if issued - void >= stock or issued >= max_serial then return refuse(K, A, rule_out, 'sold_out') end
   if bucket >= rollout then return refuse(K, A, rule_out, 'not_eligible', 'rollout') end
 
-  -- 3. Quotas: counted always (so a limit added later sees past claims),
-  --    enforced when set (> 0).
-  local up = int(hc_get(KEYS[K], phone))
-  local ud = int(hc_get(KEYS[K + 1], device))
-  local ui = int(hc_get(KEYS[K + 2], ip))
-  if not (up and ud and ui) then return {'error', 'claim.lua: corrupt quota counter'} end
-  if lp > 0 and up >= lp then return refuse(K, A, rule_out, 'limit', 'per_phone') end
-  if ld > 0 and ud >= ld then return refuse(K, A, rule_out, 'limit', 'per_device') end
-  if li > 0 and ui >= li then return refuse(K, A, rule_out, 'limit', 'per_ip') end
-
-  -- 4. Every check passed: charge. The events this claim fires are known now.
+  -- 3. What the claim's writes need is checked first: the events it fires
+  --    (known now) and the outbox's type, the record bucket's type, the
+  --    IP's count.
   local serial = issued + 1
   local remaining = stock - (issued - void) - 1
   local events
@@ -311,19 +319,46 @@ local function claim(K, A, now, rule_out)
       end
     end
   end
+  local record = ekey(record_prefix, floor(serial / 64))
+  hc_hash(record)
+  local ui = int(hc_get(KEYS[K + 2], ip))
+  if not ui then return {'error', 'claim.lua: corrupt quota counter'} end
+
+  -- 4. Quotas: counted always (so a limit added later sees past claims),
+  --    enforced when set (> 0). The phone's and the device's are counted
+  --    in place, one HINCRBY each (their buckets are seldom shared by two
+  --    claims of a batch, so a read and a cached write cost two calls and
+  --    two tables for nothing), and taken back when the claim goes no
+  --    further: a refused or failing claim leaves no count behind.
+  local np = redis.pcall('HINCRBY', KEYS[K], phone, 1)
+  if type(np) == 'table' then return {'error', np.err} end
+  if lp > 0 and np > lp then
+    uncount(KEYS[K], phone, np)
+    return refuse(K, A, rule_out, 'limit', 'per_phone')
+  end
+  local nd = redis.pcall('HINCRBY', KEYS[K + 1], device, 1)
+  if type(nd) == 'table' then
+    uncount(KEYS[K], phone, np)
+    return {'error', nd.err}
+  end
+  local over = (ld > 0 and nd > ld and 'per_device') or (li > 0 and ui >= li and 'per_ip')
+  if over then
+    uncount(KEYS[K], phone, np)
+    uncount(KEYS[K + 1], device, nd)
+    return refuse(K, A, rule_out, 'limit', over)
+  end
+
+  -- 5. Every check passed: charge. Nothing below can fail: the writes go
+  --    to the cache (hcache.lua), to a key that takes any type (SET) or to
+  --    one whose type was checked.
   local exp_s = '0'
   if valid_ms > 0 then exp_s = int_str(now + valid_ms) end
   -- Numbers are printed once (printing one costs more than a redis.call's
   -- share here): the serial's text, and small ones through istr/ekey
   -- (rules_core.lua).
   local serial_s = int_str(serial)
-  local record = ekey(record_prefix, floor(serial / 64))
-  hc_hash(record)
-  -- Nothing below can fail: the writes go to the cache (hcache.lua).
   hc_set(record, istr(serial % 64), phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
   issued = serial
-  hc_set(KEYS[K], phone, istr(up + 1))
-  hc_set(KEYS[K + 1], device, istr(ud + 1))
   hc_set(KEYS[K + 2], ip, istr(ui + 1))
   local result = 'ok|' .. serial_s .. '|' .. ARGV[A] .. '|' .. exp_s
   if client then
@@ -338,7 +373,7 @@ local function claim(K, A, now, rule_out)
   local minute = floor(now / 60000)
   per_minute[minute] = (per_minute[minute] or 0) + 1
 
-  -- 5. Alerts: the claim that crosses a threshold writes its event, once.
+  -- 6. Alerts: the claim that crosses a threshold writes its event, once.
   if events then
     for _, name in ipairs(events) do
       if name == 'campaign.low_stock' then

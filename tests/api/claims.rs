@@ -72,9 +72,69 @@ async fn racing_claims_never_over_issue_or_exceed_quotas() {
         for b in buckets {
             let counts: HashMap<String, i64> =
                 redis::cmd("HGETALL").arg(&b).query(&mut conn).unwrap();
+            assert!(counts.values().all(|&n| n > 0), "{b}: {counts:?}");
             sum += counts.values().sum::<i64>();
         }
         assert_eq!(sum, 100, "q:{kind}");
+    }
+    app.stop().await;
+}
+
+/// The sum of every quota count of kind `kind` (p, d, i) of a campaign, and
+/// whether any field holds 0 (a count taken back but left behind).
+fn quota_counts(app: &TestApp, id: &str, kind: &str) -> (i64, bool) {
+    let mut conn = app.redis().conn();
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("st:{{{id}}}:q:{kind}:*"))
+        .query(&mut conn)
+        .unwrap();
+    let (mut sum, mut zero) = (0, false);
+    for b in buckets {
+        let counts: HashMap<String, i64> = redis::cmd("HGETALL").arg(&b).query(&mut conn).unwrap();
+        zero |= counts.values().any(|&n| n == 0);
+        sum += counts.values().sum::<i64>();
+    }
+    (sum, zero)
+}
+
+/// The phone's and the device's counts are added before the later quotas
+/// are checked: a claim refused by a later one takes them back whole.
+#[tokio::test]
+async fn a_claim_refused_by_a_quota_leaves_no_count_behind() {
+    crate::single_node_only!("reads the quota hashes by hand");
+    let app = spawn_app().await;
+    let id = app
+        .create_campaign(json!({"limits": {"per_phone": 1, "per_device": 1, "per_ip": 2}}))
+        .await;
+    app.claim_code(&id, &phone(1), "dev-a").await;
+    // Refused on the device: the phone's count is taken back...
+    let v = assert_problem(
+        app.claim(&id, &phone(2), "dev-a").await,
+        429,
+        "limit_exceeded",
+    )
+    .await;
+    assert_eq!(v["limit"], "per_device");
+    // ...so the same phone claims from another device.
+    app.claim_code(&id, &phone(2), "dev-b").await;
+    // Refused on the address: neither the phone nor the device counts.
+    let v = assert_problem(
+        app.claim(&id, &phone(3), "dev-c").await,
+        429,
+        "limit_exceeded",
+    )
+    .await;
+    assert_eq!(v["limit"], "per_ip");
+    // Refused on the phone: nothing counts either.
+    let v = assert_problem(
+        app.claim(&id, &phone(1), "dev-d").await,
+        429,
+        "limit_exceeded",
+    )
+    .await;
+    assert_eq!(v["limit"], "per_phone");
+    for kind in ["p", "d", "i"] {
+        assert_eq!(quota_counts(&app, &id, kind), (2, false), "q:{kind}");
     }
     app.stop().await;
 }
