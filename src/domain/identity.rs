@@ -4,7 +4,7 @@
 //! Only the HMAC pseudonyms ever leave this module towards Redis, logs or
 //! metrics; the clear values live in request memory and nowhere else.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{LazyLock, RwLock};

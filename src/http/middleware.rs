@@ -40,14 +40,17 @@ pub struct RequestId(pub String);
 /// Counts a request in its route's metrics. The handles are kept per
 /// (route, status) on each worker thread: `counter!` hashes its labels and
 /// looks them up in the recorder's registry on every call. Routes are
-/// interned patterns and statuses are few, so the map stays small.
+/// interned patterns and statuses are few, so the map stays small. (This
+/// map and the others of a sold-out refusal's path hash with foldhash, a
+/// seeded hasher about three times as cheap as std's SipHash for keys this
+/// short; SipHash was about 5 % of a refusal's instructions.)
 fn record_request(route: &'static str, status: u16, elapsed_secs: f64) {
+    use foldhash::HashMap;
     use metrics::{Counter, Histogram};
     use std::cell::RefCell;
-    use std::collections::HashMap;
     type Handles = HashMap<(&'static str, u16), (Counter, Histogram)>;
     thread_local! {
-        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+        static HANDLES: RefCell<Handles> = RefCell::new(HashMap::default());
     }
     HANDLES.with(|handles| {
         let mut handles = handles.borrow_mut();
@@ -72,13 +75,13 @@ fn record_request(route: &'static str, status: u16, elapsed_secs: f64) {
 /// interned once for the process (there are as many as routes), so a label
 /// costs no allocation per request.
 fn route_of(req: &ServiceRequest) -> &'static str {
+    use foldhash::{HashMap, HashSet};
     use std::cell::RefCell;
-    use std::collections::{HashMap, HashSet};
     use std::sync::{LazyLock, Mutex};
     static PATTERNS: LazyLock<Mutex<HashSet<&'static str>>> =
-        LazyLock::new(|| Mutex::new(HashSet::new()));
+        LazyLock::new(|| Mutex::new(HashSet::default()));
     thread_local! {
-        static ROUTES: RefCell<HashMap<String, &'static str>> = RefCell::new(HashMap::new());
+        static ROUTES: RefCell<HashMap<String, &'static str>> = RefCell::new(HashMap::default());
     }
     ROUTES.with(|routes| {
         let mut routes = routes.borrow_mut();

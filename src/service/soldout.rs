@@ -24,7 +24,7 @@
 //! has. The refusals answered here are counted in the campaign's stats by
 //! [`SoldOut::flush`], once a second, so `GET .../stats` still sees them.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
