@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::web::{BytesMut, Payload};
-use futures_util::{FutureExt, StreamExt};
+use std::task::Poll;
+
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -36,15 +38,37 @@ pub async fn read_body(
         return Err(ApiError::PayloadTooLarge(limits.max_bytes));
     }
     let mut buf = BytesMut::new();
-    // What has already arrived is taken without arming the timer: a small
-    // body usually comes in the request's first packet, and a timer per
-    // request showed in the profile of a sold-out flood.
-    loop {
-        match payload.next().now_or_never() {
-            Some(Some(chunk)) => append(&mut buf, chunk, limits)?,
-            Some(None) => return Ok(buf),
-            None => break,
+    // A small body usually comes in the request's first packet, and it is
+    // read without arming the timer (a timer per request showed in the
+    // profile of a sold-out flood). But actix calls the handler before it
+    // hands that body over, later in the same turn of the connection: so
+    // when nothing has come yet, the read first waits once without a timer,
+    // having woken its own task, so it is polled again whatever the client
+    // does. Only a body still missing then is read under the timer.
+    let mut waited = false;
+    let early = std::future::poll_fn(|cx| {
+        loop {
+            match payload.poll_next_unpin(cx) {
+                Poll::Ready(Some(chunk)) => {
+                    if let Err(e) = append(&mut buf, chunk, limits) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(Some(Ok(()))),
+                Poll::Pending if !waited => {
+                    waited = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Ready(None),
+            }
         }
+    })
+    .await;
+    match early {
+        Some(Ok(())) => return Ok(buf),
+        Some(Err(e)) => return Err(e),
+        None => {}
     }
     let read = async {
         while let Some(chunk) = payload.next().await {
