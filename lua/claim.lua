@@ -41,7 +41,8 @@ ARGV
   then 13 + 3r per claim, one claim after another:
   +1  now_ms           the service's injected clock (windows, records)
   +2  phone            +3 device     +4 ip          (short pseudonyms)
-  +5  fingerprint      hash of the request the idempotency key first came with
+  +5  fingerprint      hash of the request the idempotency key first came with (mode
+                       's': '-', unused)
   +6  idem_ttl_s       how long a client record lives
   +7  idem_mode        'c' client Idempotency-Key (rejections recorded too) | 's' server id
                        | 'k' client key on a stock shard: as 'c', but a `sold_out` is
