@@ -112,11 +112,19 @@ record: it charges no stock and no quota.
 local tonumber, tostring, floor = tonumber, tostring, math.floor
 
 -- A stored counter: 0 when absent, nil when not an integer.
+-- Each text is read once a call (`ints`, false: not an integer): the
+-- claims of a batch send many of the same numbers (a TTL, a rule count, a
+-- clock), and tonumber parses with strtod.
+local ints = {}
 local function int(v)
   if not v then return 0 end
-  local x = tonumber(v)
-  if x and x % 1 == 0 then return x end
-  return nil
+  local x = ints[v]
+  if x == nil then
+    x = tonumber(v)
+    if not (x and x % 1 == 0) then x = false end
+    ints[v] = x
+  end
+  return x or nil
 end
 
 local n, R = int(ARGV[1]), int(ARGV[2])
@@ -398,16 +406,14 @@ local function checked(K, A, now, rules)
   local deadline = int(ARGV[A + 9])
   if not deadline then return {'error', 'claim.lua: bad arguments'} end
   if deadline > 0 and time_ms > deadline then return {'late'} end
-  local rule_out = {}
-  if #rules > 0 then
-    if not now then return {'error', 'claim.lua: bad arguments'} end
-    rule_out = rules_run('check', now, rules)
-    if rule_out.err then return {'error', rule_out.err} end
-    for j = 1, #rule_out, 5 do
-      if rule_out[j] == 'over' then
-        rule_out[#rule_out + 1] = 'refused'
-        return rule_out
-      end
+  if #rules == 0 then return claim(K, A, now, {}) end
+  if not now then return {'error', 'claim.lua: bad arguments'} end
+  local rule_out = rules_run('check', now, rules)
+  if rule_out.err then return {'error', rule_out.err} end
+  for j = 1, #rule_out, 5 do
+    if rule_out[j] == 'over' then
+      rule_out[#rule_out + 1] = 'refused'
+      return rule_out
     end
   end
   return claim(K, A, now, rule_out)
