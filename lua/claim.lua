@@ -244,13 +244,11 @@ local function uncount(key, field, n)
 end
 
 -- The refusal {a, b, c} of the claim whose first key is K and first
--- argument A (claim() has checked them): counted in the statistics,
--- recorded under a client key, appended to the claim's rules' answers.
--- (Not a closure in claim(): making one there cost every claim, refused
--- or not.)
-local function refuse(K, A, rule_out, a, b, c)
-  local mode = ARGV[A + 6]
-  local client = (mode == 'c' or mode == 'k') and mode
+-- argument A (claim() has checked them; `client` is its client key's mode,
+-- or false): counted in the statistics, recorded under a client key,
+-- appended to the claim's rules' answers. (Not a closure in claim():
+-- making one there cost every claim, refused or not.)
+local function refuse(K, A, client, rule_out, a, b, c)
   local field = 'rej:' .. ((a == 'limit' or a == 'not_eligible') and b or a)
   rejected[field] = (rejected[field] or 0) + 1
   local out = {a}
@@ -303,11 +301,11 @@ local function claim(K, A, now, rule_out)
 
   -- 2. The campaign's state, window, stock and rollout.
   if not m[1] then rule_out[#rule_out + 1] = 'not_found'; rule_out[#rule_out + 1] = '0'; return rule_out end
-  if m[1] ~= 'active' then return refuse(K, A, rule_out, 'not_active', m[1]) end
-  if now < starts then return refuse(K, A, rule_out, 'not_active', 'scheduled', tostring(starts)) end
-  if ends > 0 and now >= ends then return refuse(K, A, rule_out, 'not_active', 'ended') end
-  if issued - void >= stock or issued >= max_serial then return refuse(K, A, rule_out, 'sold_out') end
-  if bucket >= rollout then return refuse(K, A, rule_out, 'not_eligible', 'rollout') end
+  if m[1] ~= 'active' then return refuse(K, A, client, rule_out, 'not_active', m[1]) end
+  if now < starts then return refuse(K, A, client, rule_out, 'not_active', 'scheduled', tostring(starts)) end
+  if ends > 0 and now >= ends then return refuse(K, A, client, rule_out, 'not_active', 'ended') end
+  if issued - void >= stock or issued >= max_serial then return refuse(K, A, client, rule_out, 'sold_out') end
+  if bucket >= rollout then return refuse(K, A, client, rule_out, 'not_eligible', 'rollout') end
 
   -- 3. What the claim's writes need is checked first: the events it fires
   --    (known now) and the outbox's type, the record bucket's type, the
@@ -343,7 +341,7 @@ local function claim(K, A, now, rule_out)
   if type(np) == 'table' then return {'error', np.err} end
   if lp > 0 and np > lp then
     uncount(KEYS[K], phone, np)
-    return refuse(K, A, rule_out, 'limit', 'per_phone')
+    return refuse(K, A, client, rule_out, 'limit', 'per_phone')
   end
   local nd = redis.pcall('HINCRBY', KEYS[K + 1], device, 1)
   if type(nd) == 'table' then
@@ -354,7 +352,7 @@ local function claim(K, A, now, rule_out)
   if over then
     uncount(KEYS[K], phone, np)
     uncount(KEYS[K + 1], device, nd)
-    return refuse(K, A, rule_out, 'limit', over)
+    return refuse(K, A, client, rule_out, 'limit', over)
   end
 
   -- 5. Every check passed: charge. Nothing below can fail: the writes go
