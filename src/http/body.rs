@@ -3,12 +3,11 @@
 //! `malformed_request` whose detail says what and where; a missing or
 //! out-of-range field is left to the domain's 422.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::web::{BytesMut, Payload};
-use std::task::Poll;
-
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
@@ -65,10 +64,8 @@ pub async fn read_body(
         }
     })
     .await;
-    match early {
-        Some(Ok(())) => return Ok(buf),
-        Some(Err(e)) => return Err(e),
-        None => {}
+    if let Some(done) = early {
+        return done.map(|()| buf);
     }
     let read = async {
         while let Some(chunk) = payload.next().await {
