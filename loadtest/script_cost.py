@@ -26,6 +26,10 @@ reads the scripts from another directory (an A/B of two versions).
 --yardstick sends ../shared/yardstick's claim script instead, one claim a
 call as the yardstick does (the reference: its count includes reading each
 call and writing its reply, which a batch shares among its claims).
+The claims go as the service sends them: FCALL of the claim library (the
+three files wrapped as store::scripts::Library wraps them); --script sends
+them as an EVALSHA of the three files instead (the form kept for a server
+that refuses functions; an A/B of the two).
 REDIS_SERVER=<path> runs another redis-server (one built with symbols, to
 read the dump by function); KEEP=<file> keeps the callgrind dump
 (callgrind_annotate --inclusive=yes <file>).
@@ -75,6 +79,7 @@ def main():
     ap.add_argument("--aof", action="store_true", help="appendonly yes, appendfsync everysec")
     ap.add_argument("--callgrind", action="store_true", help="count Redis's instructions")
     ap.add_argument("--yardstick", action="store_true", help="the yardstick's script instead")
+    ap.add_argument("--script", action="store_true", help="EVALSHA instead of FCALL")
     a = ap.parse_args()
     port, work = free_port(), tempfile.mkdtemp()
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p"] if a.callgrind else []
@@ -97,6 +102,16 @@ def main():
         text = "".join(open(os.path.join(ROOT, f)).read()
                        for f in ("hcache.lua", "rules_core.lua", "claim.lua"))
         sha = r.script_load(text)
+        # store::scripts::Library's wrapper: the prelude set up on the first
+        # call, then fresh per-call caches and the call's KEYS / ARGV.
+        prelude = "".join(open(os.path.join(ROOT, f)).read() for f in ("hcache.lua", "rules_core.lua"))
+        r.execute_command("FUNCTION", "LOAD", "REPLACE", (
+            "#!lua name=stampede_cost\nlocal run\nlocal function setup()\nlocal KEYS, ARGV\n"
+            + prelude
+            + "return function(keys, args)\nKEYS, ARGV = keys, args\nhc_reset()\nrules_reset()\n"
+            + open(os.path.join(ROOT, "claim.lua")).read()
+            + "\nend\nend\nredis.register_function('claim_cost', function(keys, args)\n"
+            + "  if not run then run = setup() end\n  return run(keys, args)\nend)\n"))
         table = RULES if a.rules else []
         run, seq, ip = hex16(), [0], hex16()
 
@@ -139,7 +154,11 @@ def main():
                     k, v = claim(now)
                     ck += k
                     ca += v
-                out = r.evalsha(sha, len(keys) + len(ck), *keys, *ck, *args, *ca)
+                if a.script:
+                    out = r.evalsha(sha, len(keys) + len(ck), *keys, *ck, *args, *ca)
+                else:
+                    out = r.execute_command("FCALL", "claim_cost", len(keys) + len(ck),
+                                            *keys, *ck, *args, *ca)
                 # A claim's answer ends ok serial ms exp replay: its fields joined
                 # by '|' (an array before 2026-12-04, for an A/B with LUA_DIR).
                 bad = [o for o in out if (o.split(b'|') if isinstance(o, bytes) else o)[-5] != b'ok']
@@ -147,13 +166,15 @@ def main():
                     sys.exit(f"not issued: {bad[:2]}")
 
         def usec():
-            s = r.info("commandstats").get("cmdstat_evalsha", {})
+            s = r.info("commandstats").get("cmdstat_evalsha" if a.script else "cmdstat_fcall", {})
             return s.get("usec", 0)
 
         what = (f"({'3 rules' if a.rules else 'no rules'}, batches of {a.batch}, "
                 f"{a.buckets} quota buckets, AOF {'on' if a.aof else 'off'})")
         if a.yardstick:
             what = f"(the yardstick's script, one claim a call, AOF {'on' if a.aof else 'off'})"
+        elif a.script:
+            what = what[:-1] + ", EVALSHA)"
         batches(a.calls)  # warm-up: the buckets and rule hashes exist
         if a.callgrind:
             ctl = lambda flag: subprocess.run(["callgrind_control", flag, str(server.pid)],

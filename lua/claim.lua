@@ -135,11 +135,10 @@ end
 -- of the place a claim names (its prefix with it).
 local cfgs, prefixes = {}, {}
 for j = 1, R do
-  local a = 2 + (j - 1) * 9
-  local cfg = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
-    ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
+  local a, pre = 2 + (j - 1) * 9, KEYS[4 + j]
+  local cfg = pre and #ARGV >= a + 9 and rule_cfg_at(a, pre)
   if not cfg then return redis.error_reply('ERR claim.lua: bad rule ' .. j) end
-  cfgs[tostring(j)], prefixes[tostring(j)] = cfg, KEYS[4 + j]
+  cfgs[tostring(j)], prefixes[tostring(j)] = cfg, pre
 end
 -- Each claim's first key and argument (they differ in length by their
 -- rules), its clock (nil when it does not parse) and its rules (rule_spec,
@@ -239,7 +238,7 @@ local function uncount(key, field, n)
   if n == 1 then
     redis.call('HDEL', key, field)
   else
-    redis.call('HINCRBY', key, field, -1)
+    redis.call('HINCRBY', key, field, '-1')
   end
 end
 
@@ -337,13 +336,14 @@ local function claim(K, A, now, rule_out)
   --    claims of a batch, so a read and a cached write cost two calls and
   --    two tables for nothing), and taken back when the claim goes no
   --    further: a refused or failing claim leaves no count behind.
-  local np = redis.pcall('HINCRBY', KEYS[K], phone, 1)
+  -- (The increments go as text: Redis prints a Lua number with '%.17g'.)
+  local np = redis.pcall('HINCRBY', KEYS[K], phone, '1')
   if type(np) == 'table' then return {'error', np.err} end
   if lp > 0 and np > lp then
     uncount(KEYS[K], phone, np)
     return refuse(K, A, client, rule_out, 'limit', 'per_phone')
   end
-  local nd = redis.pcall('HINCRBY', KEYS[K + 1], device, 1)
+  local nd = redis.pcall('HINCRBY', KEYS[K + 1], device, '1')
   if type(nd) == 'table' then
     uncount(KEYS[K], phone, np)
     return {'error', nd.err}

@@ -22,6 +22,13 @@ run their requests, so each request sees the writes of the ones before it.
 ]]
 local hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}
 
+-- A fresh cache, for the next call of a function library (store::scripts):
+-- there this text is set up once and its locals outlive a call. (A script
+-- sent with EVALSHA runs this text on each call and starts fresh anyway.)
+local function hc_reset()
+  hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}
+end
+
 -- t[k], made an empty table first when absent.
 local function sub_table(t, k)
   local s = t[k]

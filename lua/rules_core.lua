@@ -74,6 +74,25 @@ local function rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_
   return c
 end
 
+-- The rule whose 9 strings are ARGV[a + 1 .. a + 9] (rule_cfg; false when
+-- they do not parse) and whose epoch hashes are named `pre`..., parsed once
+-- while this text's locals live: a call of a script, every call of a
+-- function library (store::scripts), where the rule's frame (below) is
+-- then also shared by the calls. At most 64 are kept (a rules file has a
+-- few; a reload makes new ones).
+local cfg_memo, cfg_count = {}, 0
+local function rule_cfg_at(a, pre)
+  local text = table.concat(ARGV, '|', a + 1, a + 9) .. '|' .. pre
+  local c = cfg_memo[text]
+  if c == nil then
+    c = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+      ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]) or false
+    if cfg_count >= 64 then cfg_memo, cfg_count = {}, 0 end
+    cfg_memo[text], cfg_count = c, cfg_count + 1
+  end
+  return c or nil
+end
+
 -- One rule of one request: its constants, its epoch hashes' prefix, its
 -- rule key's field, its distinct member, and its ban state's key (false:
 -- derived from the prefix, '<...>:e:' -> '<...>:b:<field>', same slot).
@@ -202,6 +221,13 @@ end
 -- during a call but a request whose clock is behind, so its sum is kept by
 -- value, base and start.
 local parts = {}
+
+-- Fresh per-call caches (values parsed, numbers printed, hash names), for
+-- the next call of a function library: there this text is set up once and
+-- its locals outlive a call, and these grow with the values a call sees.
+local function rules_reset()
+  heads, parts, istrs, ekeys = {}, {}, {}, {}
+end
 local function add_part(v, base, oldest, count, first)
   if not v then return count, first end
   local p = parts[v]

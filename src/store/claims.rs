@@ -334,7 +334,7 @@ impl Store {
                 .collect();
             let nkeys =
                 shared.len() + table.len() + batch.iter().map(|q| q.call.keys.len()).sum::<usize>();
-            let mut cmd = scripts::evalsha(&scripts::CLAIM, nkeys);
+            let mut cmd = scripts::CLAIM_LIB.call(&self.functions_refused, nkeys);
             for k in &shared {
                 cmd.arg(k);
             }
@@ -362,7 +362,13 @@ impl Store {
             }
             let mut conn = self.conn();
             let n = batch.len();
-            let reply = scripts::run(&scripts::CLAIM, &cmd, &mut conn).await;
+            let reply = scripts::run_claim(
+                &scripts::CLAIM_LIB,
+                &self.functions_refused,
+                &cmd,
+                &mut conn,
+            )
+            .await;
             // With a replica wait, a batch is acknowledged only once its
             // writes are on enough replicas; short of that, its claims are
             // answered 503 and taken back like a late reply.

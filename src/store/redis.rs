@@ -136,6 +136,8 @@ pub struct Store {
     pub(super) rules: Arc<Batcher<RulesCall>>,
     /// What is known of the server's version ([`Store::compatible`]).
     pub(super) version: Arc<VersionGate>,
+    /// The server refused the claim library (`store::scripts::Library`).
+    pub(super) functions_refused: Arc<scripts::Refused>,
 }
 
 impl std::fmt::Debug for Store {
@@ -178,6 +180,7 @@ impl Store {
                 claims: Arc::default(),
                 rules: Arc::default(),
                 version: Arc::default(),
+                functions_refused: Arc::default(),
             });
         }
         let client = redis::Client::open(url).map_err(StoreError::Failed)?;
@@ -201,6 +204,7 @@ impl Store {
             claims: Arc::default(),
             rules: Arc::default(),
             version: Arc::default(),
+            functions_refused: Arc::default(),
         })
     }
 
@@ -360,14 +364,17 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Loads every script, so the first claims after start pay no NOSCRIPT
-    /// round trip. Failure is not fatal: scripts load on demand too.
+    /// Loads every script and the claim library, so the first claims after
+    /// start pay no NOSCRIPT round trip. Failure is not fatal: scripts load
+    /// on demand too.
     pub async fn preload_scripts(&self) -> Result<()> {
         for s in scripts::all() {
             let mut conn = self.conn.clone();
             self.bounded(async move { s.load_async(&mut conn).await })
                 .await?;
         }
-        Ok(())
+        let (mut conn, refused) = (self.conn.clone(), self.functions_refused.clone());
+        self.bounded(async move { scripts::CLAIM_LIB.load(&refused, &mut conn).await })
+            .await
     }
 }

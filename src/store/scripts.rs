@@ -4,11 +4,20 @@
 //! A call with many arguments (a claim batch) is built straight into one
 //! command instead ([`evalsha`], [`run`]): `ScriptInvocation` allocates
 //! each argument on its own and copies it again into the command.
+//!
+//! The claim script also goes as a Redis function library ([`CLAIM_LIB`],
+//! `FCALL`): Redis then sets up its text (the hash cache's and the rules
+//! engine's ~40 functions) once, not on every call, and the rules' parsed
+//! constants outlive a call (Redis's instructions a claim: see
+//! docs/benchmarks.md, "The claim script as a function"). The same files
+//! make both; the EVALSHA form stays for a server that refuses `FUNCTION`
+//! (an ACL, a renamed command): [`run_claim`] falls back to it by itself.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, FromRedisValue, RedisResult, Script};
+use redis::{Cmd, FromRedisValue, RedisError, RedisResult, Script};
 
 /// An `EVALSHA` of `script` with `nkeys` keys: add the keys, then the
 /// arguments, then send it with [`run`].
@@ -32,6 +41,144 @@ pub(super) async fn run<T: FromRedisValue>(
         }
         r => r,
     }
+}
+
+/// A script made into a Redis function library: its name and its one
+/// function's both carry a hash of the text, so instances of two versions
+/// of the service share a Redis without replacing each other's code.
+#[derive(Debug)]
+pub struct Library {
+    function: String,
+    text: String,
+    /// The EVALSHA form, for a server without functions.
+    script: &'static LazyLock<Script>,
+}
+
+/// Whether a store's server refused `FUNCTION` or `FCALL`: set once, the
+/// store sends the script form from then on (each store keeps its own).
+pub type Refused = AtomicBool;
+
+/// How a library's text wraps a script's: the script's prelude (the hash
+/// cache, the rules engine) is set up on the first call (the load itself
+/// runs with no Lua library at hand), and its locals then serve every
+/// call; each call starts with fresh per-call caches (`hc_reset`,
+/// `rules_reset`) and its own `KEYS` / `ARGV`.
+const LIB_HEAD: &str = "local run\nlocal function setup()\nlocal KEYS, ARGV\n";
+const LIB_CALL: &str =
+    "return function(keys, args)\nKEYS, ARGV = keys, args\nhc_reset()\nrules_reset()\n";
+const LIB_TAIL: &str = "\nend\nend\n";
+
+impl Library {
+    fn new(prelude: &str, body: &str, script: &'static LazyLock<Script>) -> Self {
+        let code = format!("{LIB_HEAD}{prelude}{LIB_CALL}{body}{LIB_TAIL}");
+        let hash = Script::new(&code).get_hash()[..16].to_owned();
+        let name = format!("stampede_{hash}");
+        let function = format!("claim_{hash}");
+        let text = format!(
+            "#!lua name={name}\n{code}\
+             redis.register_function('{function}', function(keys, args)\n\
+             \x20 if not run then run = setup() end\n\
+             \x20 return run(keys, args)\n\
+             end)\n"
+        );
+        Self {
+            function,
+            text,
+            script,
+        }
+    }
+
+    /// Loads the library (`FUNCTION LOAD REPLACE`: the same text again is
+    /// harmless; on a cluster, every master). A server that refuses it is
+    /// remembered in `refused`: claims then go as the script.
+    pub async fn load(&self, refused: &Refused, conn: &mut impl ConnectionLike) -> RedisResult<()> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&self.text);
+        match cmd.query_async::<redis::Value>(conn).await {
+            Err(e) if is_refusal(&e) => {
+                refuse(refused, &e);
+                Ok(())
+            }
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// A call of the library's function with `nkeys` keys (an EVALSHA of
+    /// its script once the server `refused` functions): add the keys, then
+    /// the arguments (the same in both forms), then send it with
+    /// [`run_claim`].
+    pub(super) fn call(&self, refused: &Refused, nkeys: usize) -> Cmd {
+        if refused.load(Ordering::Relaxed) {
+            return evalsha(self.script, nkeys);
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&self.function).arg(nkeys);
+        cmd
+    }
+}
+
+fn refuse(refused: &Refused, e: &RedisError) {
+    if !refused.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            error = %e,
+            "the Redis server refuses functions; claims go as a script (EVALSHA), which costs Redis more a claim"
+        );
+    }
+}
+
+/// The server does not know `FUNCTION` / `FCALL` or this user may not use
+/// them (an ACL, a renamed command): nothing ran.
+fn is_refusal(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        || e.detail().is_some_and(|d| d.starts_with("unknown command"))
+}
+
+/// Sends a [`Library::call`]. On `Function not found` (a fresh or
+/// restarted Redis, a new cluster node) loads the library and sends it
+/// once more; on a server that refuses functions sends the same arguments
+/// as an EVALSHA of the script. Neither error ran anything, so neither
+/// resend can charge twice.
+pub(super) async fn run_claim<T: FromRedisValue>(
+    lib: &Library,
+    refused: &Refused,
+    cmd: &Cmd,
+    conn: &mut impl ConnectionLike,
+) -> RedisResult<T> {
+    if cmd
+        .args_iter()
+        .next()
+        .is_some_and(|a| matches!(a, redis::Arg::Simple(b"EVALSHA")))
+    {
+        return run(lib.script, cmd, conn).await;
+    }
+    let e = match cmd.query_async(conn).await {
+        Err(e)
+            if e.detail()
+                .is_some_and(|d| d.starts_with("Function not found")) =>
+        {
+            lib.load(refused, conn).await?;
+            if !refused.load(Ordering::Relaxed) {
+                return cmd.query_async(conn).await;
+            }
+            e
+        }
+        Err(e) if is_refusal(&e) => {
+            refuse(refused, &e);
+            e
+        }
+        r => return r,
+    };
+    tracing::debug!(error = %e, "a claim call goes as the script");
+    // EVALSHA <sha> in place of FCALL <function>; the key count, the keys
+    // and the arguments follow as they are.
+    let mut script = redis::cmd("EVALSHA");
+    script.arg(lib.script.get_hash());
+    for a in cmd.args_iter().skip(2) {
+        if let redis::Arg::Simple(b) = a {
+            script.arg(b);
+        }
+    }
+    run(lib.script, &script, conn).await
 }
 
 macro_rules! script {
@@ -68,6 +215,18 @@ macro_rules! with_num {
 }
 
 with_rules!(CLAIM, "claim.lua");
+
+/// `claim.lua` as a function library (see the module's docs).
+pub static CLAIM_LIB: LazyLock<Library> = LazyLock::new(|| {
+    Library::new(
+        concat!(
+            include_str!("../../lua/hcache.lua"),
+            include_str!("../../lua/rules_core.lua"),
+        ),
+        include_str!("../../lua/claim.lua"),
+        &CLAIM,
+    )
+});
 with_num!(REDEEM, "redeem.lua");
 with_num!(ROLLBACK, "rollback.lua");
 script!(INSPECT_CODE, "inspect_code.lua");

@@ -230,9 +230,10 @@ impl RedisCluster {
             .expect("node connection")
     }
 
-    /// EVALSHA + EVAL calls each master has run.
+    /// Script calls each master has run: EVALSHA + EVAL, and FCALL (the
+    /// claim library).
     pub fn script_calls(&self) -> Vec<u64> {
-        self.command_calls(&["evalsha", "eval"])
+        self.command_calls(&["evalsha", "eval", "fcall"])
     }
 
     /// Each node's calls of the commands `names` (`INFO commandstats`).

@@ -17,6 +17,7 @@ mod deploy;
 mod eligibility;
 mod embedded;
 mod faults;
+mod functions;
 mod helpers;
 mod hostile;
 mod idempotency;

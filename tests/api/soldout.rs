@@ -8,14 +8,18 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// Script calls Redis has run so far (EVALSHA and EVAL).
+/// Script calls Redis has run so far (EVALSHA, EVAL and FCALL).
 fn script_calls(redis: &RedisServer) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut redis.conn())
         .unwrap();
     info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter(|l| {
+            ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .filter_map(|l| {
             l.split("calls=")
                 .nth(1)?
