@@ -22,26 +22,31 @@ local function err(msg) return {err = msg} end
 -- does a number handed to redis.call or `..` as it is.
 local function int_str(x) return fmt('%d', floor(x)) end
 
--- Integers, each printed once per call (the requests of a call share
--- most: a window's length, a limit less one, a bucket's offset).
-local istrs = {}
+-- Integers, each printed once while this text's locals live (the
+-- requests of a call share most: a window's length, a limit less one, a
+-- bucket's offset; the calls of a function library share them too, see
+-- store::scripts). At most 4,096 are kept.
+local istrs, istr_count = {}, 0
 local function istr(x)
   local s = istrs[x]
   if not s then
     s = fmt('%d', x)
-    istrs[x] = s
+    if istr_count >= 4096 then istrs, istr_count = {}, 0 end
+    istrs[x], istr_count = s, istr_count + 1
   end
   return s
 end
 
--- The name of epoch `e`'s hash of the rule whose prefix is `pre`.
-local ekeys = {}
+-- The name of epoch `e`'s hash of the rule whose prefix is `pre` (kept as
+-- istr's are; at most 1,024).
+local ekeys, ekey_count = {}, 0
 local function ekey(pre, e)
-  local t = sub_table(ekeys, pre)
-  local k = t[e]
+  local t = ekeys[pre]
+  local k = t and t[e]
   if not k then
     k = pre .. fmt('%d', e)
-    t[e] = k
+    if ekey_count >= 1024 then ekeys, ekey_count = {}, 0 end
+    sub_table(ekeys, pre)[e], ekey_count = k, ekey_count + 1
   end
   return k
 end
@@ -222,11 +227,11 @@ end
 -- value, base and start.
 local parts = {}
 
--- Fresh per-call caches (values parsed, numbers printed, hash names), for
--- the next call of a function library: there this text is set up once and
--- its locals outlive a call, and these grow with the values a call sees.
+-- Fresh caches of parsed values, for the next call of a function library:
+-- there this text is set up once and its locals outlive a call, and these
+-- grow with every value a call writes.
 local function rules_reset()
-  heads, parts, istrs, ekeys = {}, {}, {}, {}
+  heads, parts = {}, {}
 end
 local function add_part(v, base, oldest, count, first)
   if not v then return count, first end
