@@ -26,6 +26,6 @@ a1=$(cpu $PID); r1=$(cpu $RPID)
 ROUND=7 wrk -t1 -c64 -d${SECS}s --latency -s loadtest/claim.lua http://127.0.0.1:18300/v1/campaigns/$c/claims > /tmp/cpu.wrk
 a2=$(cpu $PID); r2=$(cpu $RPID)
 rps=$(awk '/Requests\/sec/ {print $2}' /tmp/cpu.wrk)
-redis-cli -p 16400 info commandstats | grep -E 'evalsha|cmdstat_eval' 
+redis-cli -p 16400 info commandstats | grep -E 'evalsha|cmdstat_eval|cmdstat_fcall' 
 awk -v a=$((a2-a1)) -v r=$((r2-r1)) -v rps=$rps -v s=$SECS 'BEGIN{n=rps*s; printf "%s req/s=%s svc %.1f us/req (%.0f%% core) redis %.1f us/req (%.0f%% core)\n", "'$MODE'", rps, a*10000/n, a/s, r*10000/n, r/s}'
 kill $PID; wait $PID 2>/dev/null; redis-cli -p 16400 shutdown nosave >/dev/null 2>&1

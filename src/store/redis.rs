@@ -375,6 +375,21 @@ impl Store {
         }
         let (mut conn, refused) = (self.conn.clone(), self.functions_refused.clone());
         self.bounded(async move { scripts::CLAIM_LIB.load(&refused, &mut conn).await })
-            .await
+            .await?;
+        if !self
+            .functions_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let mut conn = self.conn.clone();
+            match self
+                .bounded(async move { scripts::CLAIM_LIB.drop_others(&mut conn).await })
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(libraries = n, "deleted other versions' claim libraries"),
+                Err(e) => tracing::debug!(error = %e, "could not list the function libraries"),
+            }
+        }
+        Ok(())
     }
 }

@@ -48,6 +48,7 @@ pub(super) async fn run<T: FromRedisValue>(
 /// of the service share a Redis without replacing each other's code.
 #[derive(Debug)]
 pub struct Library {
+    name: String,
     function: String,
     text: String,
     /// The EVALSHA form, for a server without functions.
@@ -82,6 +83,7 @@ impl Library {
              end)\n"
         );
         Self {
+            name,
             function,
             text,
             script,
@@ -103,6 +105,28 @@ impl Library {
         }
     }
 
+    /// Deletes the libraries of other versions of the service
+    /// (`stampede_*`), so deploys do not pile them up in Redis: an instance
+    /// of another version still running loads its own again on its next
+    /// call (`Function not found`). Best effort: returns how many went.
+    pub async fn drop_others(&self, conn: &mut impl ConnectionLike) -> RedisResult<usize> {
+        let mut list = redis::cmd("FUNCTION");
+        list.arg("LIST").arg("LIBRARYNAME").arg("stampede_*");
+        let libs: Vec<redis::Value> = list.query_async(conn).await?;
+        let mut dropped = 0;
+        for name in libs.iter().filter_map(library_name) {
+            if !name.starts_with("stampede_") || name == self.name {
+                continue;
+            }
+            let mut delete = redis::cmd("FUNCTION");
+            delete.arg("DELETE").arg(&name);
+            if delete.query_async::<redis::Value>(conn).await.is_ok() {
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
     /// A call of the library's function with `nkeys` keys (an EVALSHA of
     /// its script once the server `refused` functions): add the keys, then
     /// the arguments (the same in both forms), then send it with
@@ -115,6 +139,22 @@ impl Library {
         cmd.arg(&self.function).arg(nkeys);
         cmd
     }
+}
+
+/// The name of one library of a `FUNCTION LIST` reply.
+fn library_name(lib: &redis::Value) -> Option<String> {
+    let is_name = |k: &redis::Value| {
+        redis::from_redis_value_ref::<String>(k).is_ok_and(|k| k == "library_name")
+    };
+    let value = match lib {
+        redis::Value::Array(fields) => fields
+            .chunks(2)
+            .find(|kv| is_name(&kv[0]))
+            .and_then(|kv| kv.get(1)),
+        redis::Value::Map(pairs) => pairs.iter().find(|(k, _)| is_name(k)).map(|(_, v)| v),
+        _ => None,
+    }?;
+    redis::from_redis_value_ref(value).ok()
 }
 
 fn refuse(refused: &Refused, e: &RedisError) {

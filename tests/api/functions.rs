@@ -149,3 +149,34 @@ async fn a_redis_that_refuses_functions_gets_the_claim_script() {
         "nothing loaded the library again: the process keeps to the script"
     );
 }
+
+#[tokio::test]
+async fn other_versions_libraries_are_deleted_at_start() {
+    crate::single_node_only!("loads libraries into one redis-server by hand");
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    for (lib, function) in [
+        ("stampede_00000000deadbeef", "claim_00000000deadbeef"),
+        ("shop", "shop_fn"),
+    ] {
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg(format!(
+                "#!lua name={lib}\nredis.register_function('{function}', function() return 1 end)"
+            ))
+            .query(&mut conn)
+            .unwrap();
+    }
+    let mut app = spawn_with_settings(test_settings(Some(redis.url()))).await;
+    app.redis = Some(redis);
+    let mut libs = libraries(&mut conn);
+    libs.sort();
+    assert_eq!(libs.len(), 2, "{libs:?}");
+    assert_eq!(libs[0], "shop", "another application's library stays");
+    assert!(
+        libs[1].starts_with("stampede_") && libs[1] != "stampede_00000000deadbeef",
+        "only this version's claim library is left: {libs:?}"
+    );
+    let id = app.create_campaign(json!({"stock": 5})).await;
+    app.claim_code(&id, &phone(1), "d1").await;
+}
