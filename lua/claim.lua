@@ -111,22 +111,6 @@ record: it charges no stock and no quota.
 
 local tonumber, tostring, floor = tonumber, tostring, math.floor
 
--- A stored counter: 0 when absent, nil when not an integer.
--- Each text is read once a call (`ints`, false: not an integer): the
--- claims of a batch send many of the same numbers (a TTL, a rule count, a
--- clock), and tonumber parses with strtod.
-local ints = {}
-local function int(v)
-  if not v then return 0 end
-  local x = ints[v]
-  if x == nil then
-    x = tonumber(v)
-    if not (x and x % 1 == 0) then x = false end
-    ints[v] = x
-  end
-  return x or nil
-end
-
 local n, R = int(ARGV[1]), int(ARGV[2])
 if not n or n < 1 or not R or R < 0 then
   return redis.error_reply('ERR claim.lua: bad arguments')

@@ -37,6 +37,24 @@ local function istr(x)
   return s
 end
 
+-- A stored counter: 0 when absent, nil when not an integer. Each text is
+-- read once while this text's locals live (`ints`, false: not an
+-- integer; at most 4,096 kept): the claims of a batch send many of the
+-- same numbers (a TTL, a rule count, a clock), and tonumber parses with
+-- strtod.
+local ints, int_count = {}, 0
+local function int(v)
+  if not v then return 0 end
+  local x = ints[v]
+  if x == nil then
+    x = tonumber(v)
+    if not (x and x % 1 == 0) then x = false end
+    if int_count >= 4096 then ints, int_count = {}, 0 end
+    ints[v], int_count = x, int_count + 1
+  end
+  return x or nil
+end
+
 -- The name of epoch `e`'s hash of the rule whose prefix is `pre` (kept as
 -- istr's are; at most 1,024).
 local ekeys, ekey_count = {}, 0
@@ -150,6 +168,7 @@ end
 -- before the oldest epoch a request of the batch is in (UNLINK frees a big
 -- one off the main thread; the TTL set in rules_run only frees the hashes
 -- of a rule nobody uses any more).
+local unlinked, unlinked_count = {}, 0
 local function rules_prefetch(nows, lists, n)
   -- The fields wanted of each epoch e (by its hash's name), read from the
   -- hashes of e-1, e and e+1.
@@ -172,7 +191,15 @@ local function rules_prefetch(nows, lists, n)
       if not oldest[pre] or e < oldest[pre] then oldest[pre] = e end
     end
   end
-  for pre, e in pairs(oldest) do redis.pcall('UNLINK', ekey(pre, e - KEEP_EPOCHS - 1)) end
+  for pre, e in pairs(oldest) do
+    -- (Once an epoch while this text's locals live: every call of a
+    -- function library would otherwise send the same UNLINK again.)
+    if unlinked[pre] ~= e then
+      redis.pcall('UNLINK', ekey(pre, e - KEEP_EPOCHS - 1))
+      if unlinked_count >= 1024 then unlinked, unlinked_count = {}, 0 end
+      unlinked[pre], unlinked_count = e, unlinked_count + 1
+    end
+  end
   for _, l in ipairs(order) do
     local fr = l.fr
     hc_prefetch(fr.kprev, l)
