@@ -163,7 +163,8 @@ local function frame(c, pre, now)
   return f
 end
 
--- Reads the fields of a batch's rules, one HMGET an epoch hash: request i
+-- Reads the fields of a batch's rules, one HMGET an epoch hash (each field
+-- once): request i
 -- (1..n) is checked at nows[i] (nil or false: not checked) with the rules
 -- lists[i] (two parallel lists, not a table a request: a claim's call
 -- already has both). Then, per rule, drops the hash KEEP_EPOCHS + 1 epochs
@@ -184,11 +185,17 @@ local function rules_prefetch(nows, lists, n)
       local fr = frame(r[1], pre, now)
       local l = wanted[fr.kcur]
       if not l then
-        l = {fr = fr}
+        l = {fr = fr, seen = {}}
         wanted[fr.kcur] = l
         order[#order + 1] = l
       end
-      l[#l + 1] = r[3]
+      -- Each field once: the requests of a batch on one hot key (one
+      -- address, many phones) would read it once each.
+      local field = r[3]
+      if not l.seen[field] then
+        l.seen[field] = true
+        l[#l + 1] = field
+      end
       local e = fr.e
       if not oldest[pre] or e < oldest[pre] then oldest[pre] = e end
     end
