@@ -125,7 +125,8 @@ def main():
                     "s", "5", "", "0", f"{run}-{seq[0]}", str(int(time.time()) + 600),
                     str(len(table))]
             if table:
-                args += ["1", ip, "", "2", hex16(), hex16(), "3", hex16(), ""]
+                # (A distinct rule's member only: rule 2, device-farm.)
+                args += ["1", ip, "2", hex16(), hex16(), "3", hex16()]
             return keys, args
 
         def yardstick(calls):

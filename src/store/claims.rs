@@ -9,7 +9,7 @@ use crate::store::batch;
 use crate::store::coupons::Recorded;
 use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
-use crate::store::rules::{RuleCall, RuleResult, parse_rule_results};
+use crate::store::rules::{RuleCall, RuleKind, RuleResult, parse_rule_results};
 use crate::store::scripts;
 
 /// One claim's own keys (quota buckets, idempotency record) and arguments,
@@ -356,8 +356,13 @@ impl Store {
                 for a in &q.call.args {
                     cmd.arg(a);
                 }
+                // (A distinct rule's member only: the script reads the
+                // others' members as ''.)
                 for (r, j) in q.call.rules.iter().zip(places) {
-                    cmd.arg(*j).arg(&r.field).arg(&r.member);
+                    cmd.arg(*j).arg(&r.field);
+                    if r.kind == RuleKind::Distinct {
+                        cmd.arg(&r.member);
+                    }
                 }
             }
             let mut conn = self.conn();
