@@ -5,6 +5,8 @@
 //!   Redis Cluster.
 //! - [`scripts`] embeds `lua/*.lua`; they are sent by EVALSHA and re-loaded
 //!   on `NOSCRIPT` (a restarted or failed-over Redis has an empty script cache).
+//!   The claim script goes as a function library (`FCALL`, loaded again on
+//!   `Function not found`; EVALSHA where the server refuses functions).
 //! - [`redis`] is the connection with a deadline on every call, and the error
 //!   classes; [`campaigns`] owns the campaign record's schema; [`claims`] the
 //!   claim script (batched per campaign by `batch`: group commit) and its
