@@ -3,7 +3,7 @@
 
     pip install redis
     python3 loadtest/script_cost.py [--rules] [--batch 30] [--calls 400] [--buckets 4096] [--aof]
-                                    [--callgrind]
+                                    [--callgrind] [--script | --ab]
 
 Starts its own redis-server on a free loopback port (killed at the end),
 loads hcache.lua + rules_core.lua + claim.lua as store::scripts does, and
@@ -29,7 +29,14 @@ call and writing its reply, which a batch shares among its claims).
 The claims go as the service sends them: FCALL of the claim library (the
 three files wrapped as store::scripts::Library wraps them); --script sends
 them as an EVALSHA of the three files instead (the form kept for a server
-that refuses functions; an A/B of the two).
+that refuses functions). --ab alternates the two forms batch by batch in
+one run and prints each one's script time a claim: a timing A/B that the
+machine's load moves alike for both (instruction counts miss cache
+misses and the garbage collector's walks of live tables, which a cache
+kept across calls made worse). Each claim sends its own clock and
+deadline, as the service does (they were one a call before 2026-12-04
+evening, which read fewer distinct numbers: counts before that are
+about 4 % lower for the same script).
 REDIS_SERVER=<path> runs another redis-server (one built with symbols, to
 read the dump by function); KEEP=<file> keeps the callgrind dump
 (callgrind_annotate --inclusive=yes <file>).
@@ -80,6 +87,8 @@ def main():
     ap.add_argument("--callgrind", action="store_true", help="count Redis's instructions")
     ap.add_argument("--yardstick", action="store_true", help="the yardstick's script instead")
     ap.add_argument("--script", action="store_true", help="EVALSHA instead of FCALL")
+    ap.add_argument("--ab", action="store_true",
+                    help="alternate FCALL and EVALSHA batches; print both times")
     a = ap.parse_args()
     port, work = free_port(), tempfile.mkdtemp()
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p"] if a.callgrind else []
@@ -121,8 +130,12 @@ def main():
                     f"st:{{bench}}:q:d:{int.from_bytes(os.urandom(4), 'big') % a.buckets}",
                     "st:{bench}:q:i:0", "st:{bench}:rid:0"]
             # ("-": the fingerprint a claim without a client key sends.)
+            # Each claim its own clock and deadline, as the service sends
+            # them (claims of a batch arrive over a millisecond or more).
+            now += seq[0] % a.batch
+            deadline = int(time.time() * 1000) + 60_000 + seq[0] % a.batch
             args = [str(now), b64(), b64(), "ipipipipipipipip", "-", "86400",
-                    "s", "5", "", "0", f"{run}-{seq[0]}", str(int(time.time()) + 600),
+                    "s", "5", "", str(deadline), f"{run}-{seq[0]}", str(int(time.time()) + 600),
                     str(len(table))]
             if table:
                 # (A distinct rule's member only: rule 2, device-farm.)
@@ -155,7 +168,7 @@ def main():
                     k, v = claim(now)
                     ck += k
                     ca += v
-                if a.script:
+                if a.script or (a.ab and c % 2):
                     out = r.evalsha(sha, len(keys) + len(ck), *keys, *ck, *args, *ca)
                 else:
                     out = r.execute_command("FCALL", "claim_cost", len(keys) + len(ck),
@@ -189,6 +202,15 @@ def main():
             if os.environ.get("KEEP"):
                 shutil.copy(dump, os.environ["KEEP"])
             print(f"{total / (a.calls * a.batch):,.0f} Redis instructions a claim {what}")
+            return
+        if a.ab:
+            stats = lambda: r.info("commandstats")
+            s0 = stats()
+            batches(a.calls)
+            s1 = stats()
+            for cmd in ("fcall", "evalsha"):
+                u = s1[f"cmdstat_{cmd}"]["usec"] - s0.get(f"cmdstat_{cmd}", {}).get("usec", 0)
+                print(f"{cmd}: {u / (a.calls * a.batch / 2):.2f} us of script a claim {what}")
             return
         u0 = usec()
         batches(a.calls)
