@@ -30,10 +30,15 @@ The claims go as the service sends them: FCALL of the claim library (the
 three files wrapped as store::scripts::Library wraps them); --script sends
 them as an EVALSHA of the three files instead (the form kept for a server
 that refuses functions). --ab alternates the two forms batch by batch in
-one run and prints each one's script time a claim: a timing A/B that the
-machine's load moves alike for both (instruction counts miss cache
-misses and the garbage collector's walks of live tables, which a cache
-kept across calls made worse). Each claim sends its own clock and
+one run and prints each one's script time a claim (INFO commandstats): a
+timing A/B that the machine's load moves alike for both. --ab-dir DIR does
+the same for two versions of the scripts, this lua/ (or LUA_DIR) and DIR's,
+both as functions, each call timed by the slow log. Both alternate A B B A:
+Redis steps the Lua garbage collector after every 50th script call, which
+A B would charge to one side (it showed as a 6-9 % gap between two copies
+of one script). Instruction counts miss cache misses and the collector's
+walks of live tables; these timings do not, but move by 2-3 % between
+runs. Each claim sends its own clock and
 deadline, as the service does (they were one a call before 2026-12-04
 evening, which read fewer distinct numbers: counts before that are
 about 4 % lower for the same script).
@@ -88,7 +93,8 @@ def main():
     ap.add_argument("--yardstick", action="store_true", help="the yardstick's script instead")
     ap.add_argument("--script", action="store_true", help="EVALSHA instead of FCALL")
     ap.add_argument("--ab", action="store_true",
-                    help="alternate FCALL and EVALSHA batches; print both times")
+                    help="alternate FCALL and EVALSHA batches (A B B A); print both times")
+    ap.add_argument("--ab-dir", help="alternate FCALLs of this lua/ and of LUA_DIR's; print both")
     a = ap.parse_args()
     port, work = free_port(), tempfile.mkdtemp()
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.%p"] if a.callgrind else []
@@ -113,14 +119,19 @@ def main():
         sha = r.script_load(text)
         # store::scripts::Library's wrapper: the prelude set up on the first
         # call, then fresh per-call caches and the call's KEYS / ARGV.
-        prelude = "".join(open(os.path.join(ROOT, f)).read() for f in ("hcache.lua", "rules_core.lua"))
-        r.execute_command("FUNCTION", "LOAD", "REPLACE", (
-            "#!lua name=stampede_cost\nlocal run\nlocal function setup()\nlocal KEYS, ARGV\n"
-            + prelude
-            + "return function(keys, args)\nKEYS, ARGV = keys, args\nhc_reset()\nrules_reset()\n"
-            + open(os.path.join(ROOT, "claim.lua")).read()
-            + "\nend\nend\nredis.register_function('claim_cost', function(keys, args)\n"
-            + "  if not run then run = setup() end\n  return run(keys, args)\nend)\n"))
+        def library(root, name):
+            prelude = "".join(open(os.path.join(root, f)).read() for f in ("hcache.lua", "rules_core.lua"))
+            r.execute_command("FUNCTION", "LOAD", "REPLACE", (
+                f"#!lua name=stampede_{name}\nlocal run\nlocal function setup()\nlocal KEYS, ARGV\n"
+                + prelude
+                + "return function(keys, args)\nKEYS, ARGV = keys, args\nhc_reset()\nrules_reset()\n"
+                + open(os.path.join(root, "claim.lua")).read()
+                + f"\nend\nend\nredis.register_function('{name}', function(keys, args)\n"
+                + "  if not run then run = setup() end\n  return run(keys, args)\nend)\n"))
+
+        library(ROOT, "claim_cost")
+        if a.ab_dir:
+            library(a.ab_dir, "claim_other")
         table = RULES if a.rules else []
         run, seq, ip = hex16(), [0], hex16()
 
@@ -168,7 +179,12 @@ def main():
                     k, v = claim(now)
                     ck += k
                     ca += v
-                if a.script or (a.ab and c % 2):
+                # (A B B A: Redis steps the Lua GC after every 50th call,
+                # which plain A B alternation would charge to A alone.)
+                if a.ab_dir and c % 4 in (1, 2):
+                    out = r.execute_command("FCALL", "claim_other", len(keys) + len(ck),
+                                            *keys, *ck, *args, *ca)
+                elif a.script or (a.ab and c % 4 in (1, 2)):
                     out = r.evalsha(sha, len(keys) + len(ck), *keys, *ck, *args, *ca)
                 else:
                     out = r.execute_command("FCALL", "claim_cost", len(keys) + len(ck),
@@ -202,6 +218,24 @@ def main():
             if os.environ.get("KEEP"):
                 shutil.copy(dump, os.environ["KEEP"])
             print(f"{total / (a.calls * a.batch):,.0f} Redis instructions a claim {what}")
+            return
+        if a.ab_dir:
+            # Each function's own time: Redis keeps none per function, but
+            # the slow log (every call logged) has each call's duration.
+            r.config_set("slowlog-max-len", 100 * a.calls)
+            r.config_set("slowlog-log-slower-than", 0)
+            r.slowlog_reset()
+            batches(a.calls)
+            r.config_set("slowlog-log-slower-than", 10000)
+            took = {}
+            n = r.execute_command("SLOWLOG", "LEN")
+            for e in r.execute_command("SLOWLOG", "GET", n):
+                args = e[3]
+                if len(args) > 1 and args[0].upper() == b"FCALL":
+                    took.setdefault(args[1].decode(), []).append(e[2])
+            for name, label in (("claim_cost", ROOT), ("claim_other", a.ab_dir)):
+                t = took.get(name, [])
+                print(f"{label}: {sum(t) / (len(t) * a.batch):.2f} us a claim over {len(t)} calls {what}")
             return
         if a.ab:
             stats = lambda: r.info("commandstats")

@@ -259,11 +259,10 @@ local parts = {}
 -- Fresh per-call caches (values parsed, numbers read and printed, hash
 -- names), for the next call of a function library: there this text is set
 -- up once and its locals outlive a call. Kept across calls (bounded at a
--- few thousand entries) they saved 0.7 % of Redis's instructions but cost
--- time: the garbage collector walks every live table on each cycle, and
--- the claims' clocks and counts fill them with numbers seen once. With
--- them kept the FCALL took 2-4 % more time a claim than the same code as
--- EVALSHA; fresh each call, 4-7 % less (`script_cost.py --ab`).
+-- few thousand entries) they saved 0.7 % of Redis's instructions but no
+-- time (1-3 % more a claim, timed A B B A with `script_cost.py --ab-dir`):
+-- the claims' clocks and counts fill them with numbers seen once, and the
+-- garbage collector walks every live table on each cycle.
 local function rules_reset()
   heads, parts, istrs, ekeys, ints = {}, {}, {}, {}, {}
 end
