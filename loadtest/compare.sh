@@ -130,6 +130,9 @@ echo "  the same flood with a new phone a request: $(ratio "$fv" "$h")"
 echo "stampede-rules latency per round (p50 p99): $(paste -sd, "$WORK/stampede-rules.lat")"
 echo "stampede-rules non-2xx must be 0 above: a refusal would not be a claim."
 echo "issued: stampede $(issued $SPORT bench), stampede-rules $(issued $LPORT bench-rules), sold-out campaign $(issued $SPORT gone)"
+# The AOF rewrites Redis forked for during the rounds (auto-aof-rewrite at its
+# defaults): each takes a core for seconds from whichever window it falls in.
+echo "AOF rewrites during the rounds: $(rcli INFO persistence | awk -F: '/^aof_rewrites:/ {print $2+0}')"
 
 if [ "$MEMORY_CLAIMS" != 0 ]; then
   echo

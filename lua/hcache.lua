@@ -21,12 +21,18 @@ same way. Scripts see the cache in the order they
 run their requests, so each request sees the writes of the ones before it.
 ]]
 local hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}
+-- Keys known not to exist (hc_absent): their fields read as absent
+-- without a call, until the script writes one (hc_set clears the mark:
+-- a reader that checks the mark itself, rules_core.lua, then reads the
+-- cache).
+local hc_none = {}
 
 -- A fresh cache, for the next call of a function library (store::scripts):
 -- there this text is set up once and its locals outlive a call. (A script
 -- sent with EVALSHA runs this text on each call and starts fresh anyway.)
 local function hc_reset()
   hc_vals, hc_bad, hc_dirty, hc_order, hc_ttl, hc_typed = {}, {}, {}, {}, {}, {}
+  hc_none = {}
 end
 
 -- t[k], made an empty table first when absent.
@@ -53,6 +59,10 @@ local function hc_get(key, field)
     hc_vals[key] = c
   end
   if hc_bad[key] then error({err = hc_bad[key]}) end
+  if hc_none[key] then
+    c[field] = false
+    return false
+  end
   local v = redis.call('HGET', key, field) or false
   c[field] = v
   return v
@@ -78,6 +88,18 @@ local function hc_prefetch(key, fields)
   end
 end
 
+-- True when `key` does not exist (one EXISTS): its fields then read as
+-- absent without a call (a key that is written later in the call keeps
+-- what was written: hc_set fills the cache, which hc_get reads first).
+local function hc_absent(key)
+  if hc_vals[key] or hc_bad[key] then return false end
+  if redis.call('EXISTS', key) == 0 then
+    hc_none[key] = true
+    return true
+  end
+  return false
+end
+
 -- Checks once per call that `key` holds a hash or nothing (for fields
 -- written without being read first); raises otherwise.
 local function hc_hash(key)
@@ -92,6 +114,7 @@ end
 -- Sets the field (written by hc_flush); `ttl_ms` (optional) is the
 -- hash's PEXPIRE at the flush.
 local function hc_set(key, field, value, ttl_ms)
+  if hc_none[key] then hc_none[key] = nil end
   local c = hc_vals[key]
   if not c then
     c = {}

@@ -143,6 +143,33 @@ async fn an_instance_two_epochs_behind_another_still_counts_its_window() {
     a.stop().await;
 }
 
+/// An instance whose clock runs into the next epoch writes that epoch's
+/// hash; one still in the epoch before reads it (its own call checks that
+/// the hash exists before reading its fields) and counts those requests.
+#[tokio::test]
+async fn an_instance_whose_clock_runs_ahead_is_counted_by_the_one_behind() {
+    crate::single_node_only!("two instances share one Redis by hand");
+    use stampede::domain::clock::{Clock as _, from_ms};
+    let (a, b, _file) = spawn_two_apps_with_rules(
+        "[[rule]]\nname = \"skew\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
+    )
+    .await;
+    let c = a.create_campaign(json!({"stock": 50})).await;
+    // Epochs of 66 s (a 1 m window): `a` 1 s into epoch e+1, `b` 2 s
+    // before its start.
+    let epoch = 66_000;
+    let now = a.clock.now_ms();
+    let next = now - now.rem_euclid(epoch) + epoch;
+    a.clock.set(from_ms(next + 1_000));
+    b.clock.set(from_ms(next - 2_000));
+    for i in 0..3 {
+        assert_eq!(a.claim(&c, &phone(i), &format!("a{i}")).await.status(), 201);
+    }
+    assert_problem(b.claim(&c, &phone(10), "b0").await, 429, "limit_exceeded").await;
+    b.stop().await;
+    a.stop().await;
+}
+
 /// On a single node a claim's rules run in the claim's own script call;
 /// a claim refused before that call (an unknown campaign), or sent under an
 /// Idempotency-Key, runs them on their own. Every way counts the same.
