@@ -120,7 +120,7 @@ pub fn plan<'a>(
                 Some(p) => member_digest(p, subject.value(p)?),
                 None => String::new(),
             };
-            let (epochs, ban_state) = keys::rule(&tag, &rule.name, shards);
+            let epochs = keys::rule(&tag, &rule.name, shards);
             let kind = match (rule.distinct, rule.count) {
                 (Some(_), _) => RuleKind::Distinct,
                 (None, Count::Requests) => RuleKind::Requests,
@@ -133,7 +133,6 @@ pub fn plan<'a>(
                 index,
                 call: RuleCall {
                     epochs,
-                    ban_state,
                     field: tag,
                     kind,
                     limit: rule.limit,

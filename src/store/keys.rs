@@ -249,20 +249,42 @@ pub fn short(p: &Pseudonym) -> String {
 /// HMGET).
 pub const RULE_SHARDS: u32 = 64;
 
-/// The keys of one rule for one rule-key value (`digest`, hex, names the
-/// values): the prefix of the rule's epoch hashes that hold this value's
-/// field (the script appends the epoch), and the value's ban state. Both
-/// carry the shard of the digest (of `shards`) as their hash tag: one slot.
-pub fn rule(digest: &str, rule: &str, shards: u32) -> (String, String) {
+/// The prefix of the epoch hashes of rule `rule` that hold the field of
+/// the rule-key value `digest` (hex, names the value): the script appends
+/// the epoch. Its hash tag is the shard of the digest (of `shards`), the
+/// slot of the value's ban state too ([`ban_state`]). The few prefixes of
+/// the rules in force are made once per thread (a claim with three rules
+/// formatted three per request).
+pub fn rule(digest: &str, rule: &str, shards: u32) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static PREFIXES: RefCell<foldhash::HashMap<String, Vec<Option<String>>>> =
+            RefCell::default();
+    }
     let shard = digest
         .get(..4)
         .and_then(|h| u32::from_str_radix(h, 16).ok())
         .unwrap_or(0)
         % shards.max(1);
-    (
-        format!("st:{{r:{shard}}}:{rule}:e:"),
-        format!("st:{{r:{shard}}}:{rule}:b:{digest}"),
-    )
+    PREFIXES.with_borrow_mut(|memo| {
+        if !memo.contains_key(rule) {
+            memo.insert(rule.to_owned(), Vec::new());
+        }
+        let by_shard = memo.get_mut(rule).expect("inserted above");
+        if by_shard.len() <= shard as usize {
+            by_shard.resize(shard as usize + 1, None);
+        }
+        by_shard[shard as usize]
+            .get_or_insert_with(|| format!("st:{{r:{shard}}}:{rule}:e:"))
+            .clone()
+    })
+}
+
+/// The ban state of the rule-key value `digest` of the rule whose epoch
+/// hashes' prefix is `epochs` ([`rule`]): `st:{r:N}:<rule>:b:<digest>`, in
+/// the same slot (`rules_core.lua` derives it the same way).
+pub fn ban_state(epochs: &str, digest: &str) -> String {
+    format!("{}b:{digest}", epochs.strip_suffix("e:").unwrap_or(epochs))
 }
 
 /// The hash tag of a rule key (for grouping the calls of a request by slot).
@@ -402,12 +424,23 @@ mod tests {
 
     #[test]
     fn both_keys_of_a_rule_share_the_rule_key_tag() {
-        let (e, b) = rule("0123abcd", "ip-burst", RULE_SHARDS);
+        let e = rule("0123abcd", "ip-burst", RULE_SHARDS);
+        let b = ban_state(&e, "0123abcd");
         assert_eq!(e, "st:{r:35}:ip-burst:e:", "0x0123 % 64");
         assert_eq!(hash_tag(&e), "r:35");
         assert_eq!(hash_tag(&b), "r:35");
         assert_eq!(rule_tag(&b), "r:35");
-        assert!(b.ends_with(":b:0123abcd"));
-        assert_eq!(rule("0123abcd", "ip-burst", 1).0, "st:{r:0}:ip-burst:e:");
+        assert_eq!(b, "st:{r:35}:ip-burst:b:0123abcd");
+        assert_eq!(rule("0123abcd", "ip-burst", 1), "st:{r:0}:ip-burst:e:");
+        // Remembered per rule and shard: asked again, the same text.
+        assert_eq!(
+            rule("ffffabcd", "ip-burst", RULE_SHARDS),
+            "st:{r:63}:ip-burst:e:"
+        );
+        assert_eq!(rule("0123ffff", "ip-burst", RULE_SHARDS), e);
+        assert_eq!(
+            rule("0123abcd", "phone-rate", RULE_SHARDS),
+            "st:{r:35}:phone-rate:e:"
+        );
     }
 }

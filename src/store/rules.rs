@@ -26,8 +26,6 @@ pub enum RuleKind {
 pub struct RuleCall {
     /// The prefix of the rule's epoch hashes (`keys::rule`).
     pub epochs: String,
-    /// The rule key's ban state.
-    pub ban_state: String,
     /// The rule key's digest: its field in the epoch hashes.
     pub field: String,
     pub kind: RuleKind,
@@ -145,7 +143,7 @@ impl RuleCall {
 fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<String>) {
     for c in calls {
         keys.push(c.epochs.clone());
-        keys.push(c.ban_state.clone());
+        keys.push(keys::ban_state(&c.epochs, &c.field));
         let [
             kind,
             limit,

@@ -115,10 +115,9 @@ async fn a_rule_check_sent_twice_or_too_late_counts_once_or_not_at_all() {
     let app = spawn_app().await;
     let store = Store::open(&app.store_url(), Duration::from_secs(2)).unwrap();
     let digest = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
-    let (epochs, ban_state) = keys::rule(digest, "resend", keys::RULE_SHARDS);
+    let epochs = keys::rule(digest, "resend", keys::RULE_SHARDS);
     let rule = RuleCall {
         epochs,
-        ban_state,
         field: digest.into(),
         kind: RuleKind::Requests,
         limit: 5,
