@@ -22,20 +22,29 @@ impl RateState {
     /// `"name";q=20;w=60`. Rule names are `[A-Za-z0-9_.-]`, so they need no
     /// escaping inside an sf-string.
     pub fn policy_header(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.policy,
-            self.quota,
-            self.window_secs.max(1)
-        )
+        self.field(("q", self.quota), ("w", self.window_secs.max(1)))
     }
 
     /// `"name";r=0;t=42`.
     pub fn limit_header(&self) -> String {
-        format!(
-            "\"{}\";r={};t={}",
-            self.policy, self.remaining, self.reset_secs
-        )
+        self.field(("r", self.remaining), ("t", self.reset_secs))
+    }
+
+    /// `"<policy>";a=1;b=2`, written without `core::fmt` (every claim with
+    /// rules answers both headers).
+    fn field(&self, a: (&str, u64), b: (&str, u64)) -> String {
+        let mut out = String::with_capacity(self.policy.len() + 32);
+        let mut digits = itoa::Buffer::new();
+        out.push('"');
+        out.push_str(&self.policy);
+        out.push('"');
+        for (name, value) in [a, b] {
+            out.push(';');
+            out.push_str(name);
+            out.push('=');
+            out.push_str(digits.format(value));
+        }
+        out
     }
 
     /// The tighter of two states: fewer units left, then the longer wait.

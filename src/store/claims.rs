@@ -175,19 +175,19 @@ impl Store {
         call_keys.push(idem_key);
         let mut args = Vec::with_capacity(13);
         args.extend([
-            now_ms.to_string(),
+            decimal(now_ms),
             phone,
             device,
             ip,
             idem.fingerprint.clone(),
-            idem.ttl_secs.to_string(),
+            decimal(idem.ttl_secs),
             mode.to_owned(),
-            rollout_bucket.to_string(),
+            decimal(rollout_bucket),
             channel.to_owned(),
-            deadline_ms.to_string(),
+            decimal(deadline_ms),
             rid.to_owned(),
-            (rid_second + 2).to_string(),
-            rules.len().to_string(),
+            decimal(rid_second + 2),
+            decimal(rules.len()),
         ]);
         let call = ClaimCall {
             keys: call_keys,
@@ -253,6 +253,12 @@ impl Store {
 }
 
 /// A claim's own answer as claim.lua returns it (after its rules' answers).
+/// A number's decimal text (`itoa`: `to_string` goes through `core::fmt`,
+/// six times a claim).
+fn decimal(v: impl itoa::Integer) -> String {
+    itoa::Buffer::new().format(v).to_owned()
+}
+
 fn parse_outcome(out: &[String]) -> Result<ClaimOutcome> {
     let bad = || StoreError::Protocol(format!("claim: {out:?}"));
     Ok(match out.first().map(String::as_str) {
