@@ -39,9 +39,9 @@ A B would charge to one side (it showed as a 6-9 % gap between two copies
 of one script). Instruction counts miss cache misses and the collector's
 walks of live tables; these timings do not, but move by 2-3 % between
 runs. Each claim sends its own clock and
-deadline, as the service does (they were one a call before 2026-12-04
-evening, which read fewer distinct numbers: counts before that are
-about 4 % lower for the same script).
+deadline, as the service does (they were one a call, with no deadline,
+before 2026-12-04 evening: --one-clock, for counts comparable with the
+earlier ones, which are about 4 % lower for the same script).
 REDIS_SERVER=<path> runs another redis-server (one built with symbols, to
 read the dump by function); KEEP=<file> keeps the callgrind dump
 (callgrind_annotate --inclusive=yes <file>).
@@ -94,6 +94,8 @@ def main():
     ap.add_argument("--script", action="store_true", help="EVALSHA instead of FCALL")
     ap.add_argument("--ab", action="store_true",
                     help="alternate FCALL and EVALSHA batches (A B B A); print both times")
+    ap.add_argument("--one-clock", action="store_true",
+                    help="one clock a call and no deadline, as before 2026-12-04 evening")
     ap.add_argument("--ab-dir", help="alternate FCALLs of this lua/ and of LUA_DIR's; print both")
     a = ap.parse_args()
     port, work = free_port(), tempfile.mkdtemp()
@@ -143,8 +145,10 @@ def main():
             # ("-": the fingerprint a claim without a client key sends.)
             # Each claim its own clock and deadline, as the service sends
             # them (claims of a batch arrive over a millisecond or more).
-            now += seq[0] % a.batch
-            deadline = int(time.time() * 1000) + 60_000 + seq[0] % a.batch
+            deadline = 0
+            if not a.one_clock:
+                now += seq[0] % a.batch
+                deadline = int(time.time() * 1000) + 60_000 + seq[0] % a.batch
             args = [str(now), b64(), b64(), "ipipipipipipipip", "-", "86400",
                     "s", "5", "", str(deadline), f"{run}-{seq[0]}", str(int(time.time()) + 600),
                     str(len(table))]
