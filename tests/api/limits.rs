@@ -111,21 +111,30 @@ async fn a_rate_window_slides_across_the_epochs_that_hold_its_counts() {
     app.stop().await;
 }
 
+/// The epochs of a 1 m window's rule: 66 s (11 buckets of 6 s).
+const EPOCH_MS: i64 = 66_000;
+
+/// Two instances on one Redis with a rule of 3 claims a minute by address,
+/// and a campaign.
+async fn two_instances_with_an_ip_rule() -> (TestApp, TestApp, RulesFile, String) {
+    let (a, b, file) = spawn_two_apps_with_rules(
+        "[[rule]]\nname = \"skew\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
+    )
+    .await;
+    let c = a.create_campaign(json!({"stock": 50})).await;
+    (a, b, file, c)
+}
+
 /// An instance whose clock is up to two epochs behind another's still reads
 /// every bucket it counts: the one ahead drops only older epoch hashes.
 #[tokio::test]
 async fn an_instance_two_epochs_behind_another_still_counts_its_window() {
     crate::single_node_only!("two instances share one Redis by hand");
     use stampede::domain::clock::{Clock as _, from_ms};
-    let (a, b, _file) = spawn_two_apps_with_rules(
-        "[[rule]]\nname = \"skew\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
-    )
-    .await;
-    let c = a.create_campaign(json!({"stock": 50})).await;
+    let (a, b, _file, c) = two_instances_with_an_ip_rule().await;
     let ms = |n: i64| time::Duration::milliseconds(n);
-    // Epochs of 66 s (a 1 m window). `a` fills the rule 2 s before epoch
-    // e ends.
-    let epoch = 66_000;
+    // `a` fills the rule 2 s before epoch e ends.
+    let epoch = EPOCH_MS;
     let now = a.clock.now_ms();
     a.clock
         .advance(ms((epoch - now.rem_euclid(epoch) - 2_000).rem_euclid(epoch)));
@@ -150,14 +159,9 @@ async fn an_instance_two_epochs_behind_another_still_counts_its_window() {
 async fn an_instance_whose_clock_runs_ahead_is_counted_by_the_one_behind() {
     crate::single_node_only!("two instances share one Redis by hand");
     use stampede::domain::clock::{Clock as _, from_ms};
-    let (a, b, _file) = spawn_two_apps_with_rules(
-        "[[rule]]\nname = \"skew\"\nendpoint = \"claim\"\nkey = [\"ip\"]\nlimit = 3\nwindow = \"1m\"\n",
-    )
-    .await;
-    let c = a.create_campaign(json!({"stock": 50})).await;
-    // Epochs of 66 s (a 1 m window): `a` 1 s into epoch e+1, `b` 2 s
-    // before its start.
-    let epoch = 66_000;
+    let (a, b, _file, c) = two_instances_with_an_ip_rule().await;
+    // `a` 1 s into epoch e+1, `b` 2 s before its start.
+    let epoch = EPOCH_MS;
     let now = a.clock.now_ms();
     let next = now - now.rem_euclid(epoch) + epoch;
     a.clock.set(from_ms(next + 1_000));
