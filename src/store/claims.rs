@@ -252,13 +252,13 @@ impl Store {
     }
 }
 
-/// A claim's own answer as claim.lua returns it (after its rules' answers).
 /// A number's decimal text (`itoa`: `to_string` goes through `core::fmt`,
 /// six times a claim).
 fn decimal(v: impl itoa::Integer) -> String {
     itoa::Buffer::new().format(v).to_owned()
 }
 
+/// A claim's own answer as claim.lua returns it (after its rules' answers).
 fn parse_outcome(out: &[String]) -> Result<ClaimOutcome> {
     let bad = || StoreError::Protocol(format!("claim: {out:?}"));
     Ok(match out.first().map(String::as_str) {

@@ -8,8 +8,8 @@
 //! The claim script also goes as a Redis function library ([`CLAIM_LIB`],
 //! `FCALL`): Redis then sets up its text (the hash cache's and the rules
 //! engine's ~40 functions) once, not on every call, and the rules' parsed
-//! constants outlive a call (Redis's instructions a claim: see
-//! docs/benchmarks.md, "The claim script as a function"). The same files
+//! constants outlive a call (Redis's instructions and time a claim:
+//! docs/benchmarks.md, "The claim script as a function library"). The same files
 //! make both; the EVALSHA form stays for a server that refuses `FUNCTION`
 //! (an ACL, a renamed command): [`run_claim`] falls back to it by itself.
 
