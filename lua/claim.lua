@@ -117,8 +117,9 @@ local n, R = int(ARGV[1]), int(ARGV[2])
 if not n or n < 1 or not R or R < 0 then
   return redis.error_reply('ERR claim.lua: bad arguments')
 end
--- The rule table, parsed once for the call (rules_core.lua), by the text
--- of the place a claim names (its prefix with it).
+-- The rule table, by the text of the place a claim names (its prefix with
+-- it): each rule's constants parsed once (rule_cfg_at, rules_core.lua;
+-- kept across the calls of a function library).
 local cfgs, prefixes = {}, {}
 for j = 1, R do
   local a, pre = 2 + (j - 1) * 9, KEYS[4 + j]

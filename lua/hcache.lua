@@ -1,6 +1,8 @@
 --[[ hcache.lua: a write-back cache of hash fields for one script call. Not a
 script of its own: store::scripts prepends it (with rules_core.lua) to
-claim.lua and rules.lua. It only defines locals.
+claim.lua and rules.lua. It only defines locals. In a function library
+(store::scripts) its locals outlive a call: `hc_reset` starts each call
+afresh.
 
 Why: a `redis.call` costs about 1 µs here, and a claim with three rules made
 about 20 of them. The requests of a batch share many hashes (a rule's epoch

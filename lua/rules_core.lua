@@ -5,8 +5,11 @@ calls) and to claim.lua (a single node checks a claim's rules in the claim's
 call), so the one engine has one text. It reads and writes the epoch hashes
 through hcache.lua (prepended before it): a batch reads each epoch hash's
 fields with one HMGET (`rules_prefetch`) and writes it once (`hc_flush`,
-called by the script at its end). It only defines locals: `rules_prefetch`
-and `rules_run`.
+called by the script at its end). It only defines locals: chiefly
+`rules_prefetch` and `rules_run`; `rule_cfg_at` (a rule's constants, kept
+across the calls of a function library), `int` (a counter's text read) and
+`rules_reset` (fresh per-call caches for a function library's next call:
+store::scripts).
 
 Lua here costs more than Redis's commands: printing a number (~0.35 µs), a
 table with many fields (~0.7 µs), a pattern match (~0.1-0.4 µs). So the
