@@ -46,6 +46,12 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("the request headers are larger than {0} bytes")]
     HeadersTooLarge(usize),
+    /// A head over actix-http's own caps (`http::conn`).
+    #[error("the request head is larger than 128 KiB or has more than 96 headers")]
+    HeadTooLarge,
+    /// A request head not finished in time (`http::conn`).
+    #[error("the request head did not arrive within {0} ms")]
+    HeadTimeout(u64),
     #[error("a valid API key is required: Authorization: Bearer <key>")]
     Unauthorized,
     #[error("{0}")]
@@ -120,7 +126,10 @@ impl ApiError {
             MalformedRequest(_) => (400, "malformed_request", "Malformed request"),
             PayloadTooLarge(_) => (413, "malformed_request", "Request body too large"),
             RequestTimeout(_) => (408, "request_timeout", "Request timeout"),
-            HeadersTooLarge(_) => (431, "malformed_request", "Request headers too large"),
+            HeadersTooLarge(_) | HeadTooLarge => {
+                (431, "malformed_request", "Request headers too large")
+            }
+            HeadTimeout(_) => (408, "request_timeout", "Request timeout"),
             Unauthorized => (401, "unauthorized", "Unauthorized"),
             Forbidden(_) => (403, "forbidden", "Forbidden"),
             Blocked { .. } => (403, "blocked", "Blocked"),

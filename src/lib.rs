@@ -12,7 +12,9 @@
 //!   port 0 in tests).
 //! - [`http`]: actix routes and extractors, wire types with their OpenAPI schemas
 //!   (`http::wire`: requests parsed into the service's commands), the route -> roles table
-//!   (`http::permissions`: admin, client, viewer), problem+json, the edge middleware.
+//!   (`http::permissions`: admin, client, viewer), problem+json, the edge middleware, and
+//!   the server itself (`http::conn`: actix-web's app over actix-http, each socket wrapped
+//!   so that the errors actix-http answers on its own leave as problem+json too).
 //! - [`guard`]: the anti-abuse edge of LIMITS.md: the client address (trusted proxies,
 //!   IPv6 prefix) resolved once for every route, the in-process flood shield (governor),
 //!   block/allow lists, the in-process view of bans, and the rules engine (which rules

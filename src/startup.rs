@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{HttpServer, web};
+use actix_web::web;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::clock::Clock;
@@ -18,8 +18,8 @@ use crate::domain::identity::Pseudonymizer;
 use crate::domain::secret::Secret;
 use crate::domain::webhook::UrlPolicy;
 use crate::guard::Guard;
+use crate::http::AppState;
 use crate::http::body::BodyLimits;
-use crate::http::{AppState, app};
 use crate::service::bulk::BulkService;
 use crate::service::campaigns::CampaignService;
 use crate::service::catalog::Catalog;
@@ -374,18 +374,16 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(settings.listen.to_string(), e))?
             .port();
-        let mut server = HttpServer::new(move || app(state.clone()))
-            .client_request_timeout(settings.header_timeout)
-            .client_disconnect_timeout(std::time::Duration::from_secs(1))
-            .shutdown_timeout(settings.shutdown_grace.as_secs())
-            .backlog(4096);
-        if let Some(w) = raw.workers {
-            server = server.workers(w);
-        }
-        let server = server
-            .listen(listener)
-            .map_err(|e| StartupError::Bind(settings.listen.to_string(), e))?
-            .run();
+        let server = crate::http::conn::serve(
+            listener,
+            state,
+            crate::http::conn::ServeOptions {
+                head_timeout: settings.header_timeout,
+                shutdown_grace: settings.shutdown_grace,
+                workers: raw.workers,
+            },
+        )
+        .map_err(|e| StartupError::Bind(settings.listen.to_string(), e))?;
         tracing::info!(port, "listening");
         Ok(Self {
             port,

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body;
 pub mod campaigns;
 pub mod codes;
+pub mod conn;
 pub mod coupons;
 pub mod middleware;
 pub mod openapi;

@@ -76,6 +76,11 @@ impl ApiError {
         }
     }
 
+    /// The problem+json body of this error.
+    pub fn problem_body(&self) -> Bytes {
+        render(self)
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Unavailable => Some(1),

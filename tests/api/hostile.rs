@@ -183,8 +183,9 @@ async fn hostile_bodies_get_problem_4xx_and_charge_nothing() {
         assert_4xx_problem(status, &text, what);
     }
 
-    // Headers: one large header over our limit (problem+json 431), and a head
-    // over actix's own 128 KiB cap (a bare 431: still a status, not a drop).
+    // Headers: one large header over our limit, and a head over actix-http's
+    // own 128 KiB cap or its 96 headers (answered by actix before our code
+    // runs; http::conn rewrites them): problem+json 431 each.
     let big = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(20_000)
@@ -196,15 +197,47 @@ async fn hostile_bodies_get_problem_4xx_and_charge_nothing() {
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(200_000)
     );
-    let (status, _) = raw(&port, huge.as_bytes(), None);
+    let (status, text) = raw(&port, huge.as_bytes(), None);
     assert_eq!(status, 431);
+    assert_4xx_problem(status, &text, "huge head");
     let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let (status, _) = raw(
+    let (status, text) = raw(
         &port,
         format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
         None,
     );
     assert_eq!(status, 431);
+    assert_4xx_problem(status, &text, "many headers");
+
+    // A head actix-http cannot parse: problem+json 400. After a good
+    // request on the same connection (pipelined), the good answer comes
+    // first, unchanged, then the problem.
+    for (what, bytes) in [
+        ("garbage line", &b"GARBAGE\r\n\r\n"[..]),
+        ("bad header", b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n"),
+        ("bad version", b"GET /healthz HTTP/9.9\r\n\r\n"),
+    ] {
+        let (status, text) = raw(&port, bytes, None);
+        assert_eq!(status, 400, "{what}: {text}");
+        assert_4xx_problem(status, &text, what);
+        assert!(
+            text.contains("\"code\":\"malformed_request\""),
+            "{what}: {text}"
+        );
+    }
+    let (status, text) = raw(
+        &port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 LINE\r\n\r\n",
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
+    let (first, second) = text
+        .split_once("\r\n\r\nok")
+        .expect("the good answer first");
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let second = second.trim_start();
+    assert!(second.starts_with("HTTP/1.1 400 "), "{text}");
+    assert_4xx_problem(400, second, "pipelined garbage");
 
     // Slow-loris body: headers promise 100 bytes, 10 arrive, then nothing;
     // and the same with no byte of the body at all (the read waits once
@@ -220,13 +253,15 @@ async fn hostile_bodies_get_problem_4xx_and_charge_nothing() {
         assert_4xx_problem(status, &text, what);
     }
 
-    // Slow-loris head: actix answers a bare 408 (a status, then close).
+    // Slow-loris head: actix answers 408 and closes (problem+json: http::conn).
     let p = port.clone();
     let slow_head = b"POST /v1/redemptions HTTP/1.1\r\nHost: x\r\n";
-    let (status, _) = tokio::task::spawn_blocking(move || raw(&p, slow_head, None))
+    let (status, text) = tokio::task::spawn_blocking(move || raw(&p, slow_head, None))
         .await
         .unwrap();
     assert_eq!(status, 408);
+    assert_4xx_problem(status, &text, "slow head");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
 
     // Still healthy, still issuing, nothing was charged by any of it.
     assert_eq!(app.get("/healthz").await.status(), 200);
