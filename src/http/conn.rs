@@ -17,7 +17,11 @@
 //! (every error goes through `http::problem`), so nothing of ours matches;
 //! an answer of ours written before it in the same buffer (a pipelined
 //! request) is passed on unchanged. The check costs a suffix comparison a
-//! write: a response with a body does not end in an empty line.
+//! write: a response with a body does not end in an empty line. Left as
+//! it is: when a client stops reading and its socket buffer fills in the
+//! middle of such an answer's status line, the rest arrives in a later
+//! write without it and goes out bodiless (actix closes the connection
+//! either way).
 //!
 //! Why a wrapped socket and not `HttpServer`: actix-web's `HttpServer`
 //! takes only a `TcpListener` and builds the connection service itself, so
