@@ -57,7 +57,11 @@ ARGV
   3  n         rules in this request
   then 11 per rule, starting at 4 + (i-1)*11:
     +0 kind    'r' requests (checked and charged now), 'o' successes/failures
-               (check now, charged by 'settle'), 'd' distinct
+               (check now, charged by 'settle'), 'd' distinct; 'r<B>' (B >= 2)
+               requests with a lease: when B more still fit under the limit,
+               B are charged at once and the status is 'lease' (the service
+               hands the other B - 1 to its next requests on this rule key
+               within the same bucket: guard::lease)
     +1 limit   +2 window_ms   +3 enforce ('1' enforce, '0' shadow)
     +4 member  the distinct value's digest, hex ('' unless kind 'd')
     +5 ban_after (0: no ban)  +6 ban_ms  +7 ban_factor  +8 ban_max_ms
@@ -65,8 +69,9 @@ ARGV
     +10 field  the rule key's digest: its field in the epoch hashes
 RETURNS (check) 5 values per rule, in order, all strings (the numbers
   printed as integers):
-  status 'ok' | 'over' (enforced, refused) | 'shadow' (would have refused),
-  remaining after this request, reset_ms (time until the window has room,
+  status 'ok' | 'over' (enforced, refused) | 'shadow' (would have refused)
+  | 'lease' (admitted, and the lease charged: kind 'r<B>' only),
+  remaining after this request (after the whole lease), reset_ms (time until the window has room,
   or until its oldest counted request leaves), ban_ms (0, or the ban this
   request started), level (that ban's place in the escalation)
 RETURNS (settle) {'ok'}: one unit charged to each rule (kind 'o' only).

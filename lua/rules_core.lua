@@ -77,9 +77,19 @@ local function finite(v)
 end
 
 local function rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_max, decay)
+  -- 'r<B>': a requests rule whose admitted request takes a lease of B
+  -- units while B more fit (rules.lua's header).
+  local lease = 1
+  if #kind > 1 then
+    local b = match(kind, '^r(%d+)$')
+    lease = tonumber(b)
+    if not lease or lease < 2 then return nil end
+    kind = 'r'
+  end
   local c = {
     kind = kind, limit = finite(limit), w = finite(w), enforce = enforce == '1',
     ban_after = finite(ban_after), ban_ms = 0, factor = 1, ban_max = 0, decay = 0, s = 1, P = 1,
+    lease = lease,
   }
   if not (c.limit and c.w and c.w > 0 and c.ban_after) then return nil end
   -- The ban's parameters matter only to a rule that bans.
@@ -323,25 +333,27 @@ local function free_after(r, i, need, now)
   return c.w
 end
 
--- The current epoch's value with one more in bucket offset `o`.
-local function bump(v, o)
+-- The current epoch's value with `k` more (1 when nil) in bucket offset `o`.
+local function bump(v, o, k)
+  k = k or 1
   local os = istr(o)
   local h = v and head(v)
   -- A new value (or one this engine cannot read, started over).
   if not h then
-    return '1;' .. os .. ';' .. os .. ':1'
+    local ks = istr(k)
+    return ks .. ';' .. os .. ';' .. os .. ':' .. ks
   end
-  local t, f, newest, fc, rest = h[1] + 1, h[2], h[3], h[4], h[5]
+  local t, f, newest, fc, rest = h[1] + k, h[2], h[3], h[4], h[5]
   local t1, fs = istr(t), istr(f)
   if newest == o then
-    local nv = t1 .. ';' .. fs .. ';' .. os .. ':' .. istr(fc + 1) .. rest
-    heads[nv] = {t, f, o, fc + 1, rest}
+    local nv = t1 .. ';' .. fs .. ';' .. os .. ':' .. istr(fc + k) .. rest
+    heads[nv] = {t, f, o, fc + k, rest}
     return nv
   end
   if newest < o then
     rest = ',' .. istr(newest) .. ':' .. istr(fc) .. rest
-    local nv = t1 .. ';' .. fs .. ';' .. os .. ':1' .. rest
-    heads[nv] = {t, f, o, 1, rest}
+    local nv = t1 .. ';' .. fs .. ';' .. os .. ':' .. istr(k) .. rest
+    heads[nv] = {t, f, o, k, rest}
     return nv
   end
   -- An older bucket than the newest one (another instance's clock is
@@ -349,10 +361,10 @@ local function bump(v, o)
   local b, found = {}, false
   for eo, c in gmatch(v, '(%d+):(%d+)') do
     eo, c = tonumber(eo), tonumber(c)
-    if eo == o then c, found = c + 1, true end
+    if eo == o then c, found = c + k, true end
     b[#b + 1] = {eo, c}
   end
-  if not found then b[#b + 1] = {o, 1} end
+  if not found then b[#b + 1] = {o, k} end
   table.sort(b, function(x, y) return x[1] > y[1] end)
   local list = {}
   for j = 1, #b do list[j] = istr(b[j][1]) .. ':' .. istr(b[j][2]) end
@@ -513,7 +525,14 @@ local function rules_run(mode, now, specs)
     elseif not over then
       local fr = S_fr[i]
       if c.kind == 'r' then
-        hc_set(fr.kcur, r[3], bump(S_vcur[i], fr.off), fr.exp - now)
+        -- A lease: B at once while B fit (remaining counts the one unit
+        -- this request takes already).
+        local k = 1
+        if c.lease > 1 and S_remaining[i] >= c.lease - 1 then
+          k, status = c.lease, 'lease'
+          S_remaining[i] = S_remaining[i] - (c.lease - 1)
+        end
+        hc_set(fr.kcur, r[3], bump(S_vcur[i], fr.off, k), fr.exp - now)
       elseif c.kind == 'd' then
         -- This epoch's members, with this one (again) at `now`.
         local v = S_vcur[i]

@@ -8,7 +8,9 @@
 //! 3. the block list (in-process), then running [`bans`] (an in-process view
 //!    of the bans hash), then the allow list (skips the rules);
 //! 4. the [`rules`] of the security team's file: one script call per hash
-//!    slot before the use case; `successes`/`failures` settled after it.
+//!    slot before the use case; `successes`/`failures` settled after it. A
+//!    hot key of a rule with a large limit is charged a [`lease`] of units
+//!    at a time, and this instance hands out the spare ones.
 //!
 //! The rules file is loaded at start (a bad file stops the start) and
 //! replaced whole by [`Guard::install`] when the watcher (`worker`) sees a
@@ -17,6 +19,7 @@
 
 pub mod bans;
 pub mod client_ip;
+pub mod lease;
 pub mod reload;
 pub mod rules;
 pub mod shield;
@@ -99,6 +102,8 @@ pub struct Pending {
     /// Each rule's place in the file, and its call (same order).
     indices: Vec<usize>,
     calls: Vec<RuleCall>,
+    /// The rules answered from a lease's spare unit (`lease`), by place.
+    local: Vec<(usize, RuleResult)>,
     now_ms: i64,
 }
 
@@ -109,11 +114,13 @@ impl Pending {
             subject: Subject::default(),
             indices: Vec::new(),
             calls: Vec::new(),
+            local: Vec::new(),
             now_ms: 0,
         }
     }
 
-    /// True when no rule looks at the request.
+    /// True when no rule needs Redis for the request (none looks at it,
+    /// or each that does was answered from a lease).
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
     }
@@ -144,6 +151,8 @@ pub struct Guard {
     store: Store,
     ids: Pseudonymizer,
     clock: Arc<dyn Clock>,
+    /// Spare units of hot rule keys (`lease`).
+    leases: lease::Leases,
 }
 
 impl std::fmt::Debug for Guard {
@@ -186,6 +195,7 @@ impl Guard {
             store,
             ids,
             clock,
+            leases: lease::Leases::default(),
         };
         guard.swap_in(set);
         Ok(guard)
@@ -360,23 +370,43 @@ impl Guard {
         } else {
             1
         };
-        let (indices, calls) = plan(&limits.set, endpoint, &subject, shards)
-            .into_iter()
-            .map(|p| (p.index, p.call))
-            .unzip();
+        let now_ms = self.clock.now_ms();
+        let mut indices = Vec::new();
+        let mut calls = Vec::new();
+        let mut local = Vec::new();
+        for p in plan(&limits.set, endpoint, &subject, shards) {
+            let mut call = p.call;
+            let size = lease::size(&call);
+            if size > 1 {
+                match self.leases.take(&call, now_ms) {
+                    lease::Take::Local(r) => {
+                        local.push((p.index, r));
+                        continue;
+                    }
+                    lease::Take::Ask => call.lease = size,
+                    lease::Take::Plain => {}
+                }
+            }
+            indices.push(p.index);
+            calls.push(call);
+        }
         Ok(Pending {
             limits,
             subject,
             indices,
             calls,
-            now_ms: self.clock.now_ms(),
+            local,
+            now_ms,
         })
     }
 
     /// Checks the pending rules, one script call per hash slot, and judges.
     pub async fn run(&self, pending: Pending) -> Result<Verdict, ApiError> {
         if pending.is_empty() {
-            return Ok(Verdict::default());
+            if pending.local.is_empty() {
+                return Ok(Verdict::default());
+            }
+            return self.decide(pending, &[]).await;
         }
         let planned: Vec<Planned<'_>> = pending
             .indices
@@ -422,7 +452,15 @@ impl Guard {
         let subject = &pending.subject;
         let mut decision = Decision::default();
         let mut bans: Vec<(String, BanRecord)> = Vec::new();
-        for (index, r) in pending.indices.iter().zip(results) {
+        for (call, r) in pending.calls.iter().zip(results) {
+            if r.leased {
+                self.leases.grant(call, r, now);
+            } else if call.lease > 1 {
+                self.leases.not_granted(call);
+            }
+        }
+        let checked = pending.indices.iter().zip(results);
+        for (index, r) in checked.chain(pending.local.iter().map(|(i, r)| (i, r))) {
             let rule = &pending.limits.set.rules[*index];
             let label = match r.status {
                 RuleStatus::Ok => "allowed",

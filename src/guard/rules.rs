@@ -149,6 +149,7 @@ pub fn plan<'a>(
                     } else {
                         0
                     },
+                    lease: 0,
                 },
             })
         })

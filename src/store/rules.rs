@@ -39,6 +39,9 @@ pub struct RuleCall {
     pub ban_factor: u32,
     pub ban_max_ms: u64,
     pub decay_ms: u64,
+    /// Units to charge at once when they fit (a lease: `guard::lease`);
+    /// 0 or 1: one, as always. Kind `Requests` only.
+    pub lease: u32,
 }
 
 /// What the script decided for one rule.
@@ -59,6 +62,9 @@ pub struct RuleResult {
     /// Length of the ban this request started (0: none).
     pub ban_ms: u64,
     pub level: u32,
+    /// Admitted with the call's whole lease charged (`RuleCall::lease`);
+    /// `remaining` counts the lease as used.
+    pub leased: bool,
 }
 
 /// A ban as stored: the subject is the hash field (`<kind>:<pseudonym>`).
@@ -106,11 +112,11 @@ impl RuleCall {
     pub(super) fn constants(&self) -> [String; 9] {
         [
             match self.kind {
-                RuleKind::Requests => "r",
-                RuleKind::Outcomes => "o",
-                RuleKind::Distinct => "d",
-            }
-            .to_owned(),
+                RuleKind::Requests if self.lease > 1 => format!("r{}", self.lease),
+                RuleKind::Requests => "r".to_owned(),
+                RuleKind::Outcomes => "o".to_owned(),
+                RuleKind::Distinct => "d".to_owned(),
+            },
             self.limit.to_string(),
             self.window_ms.to_string(),
             if self.enforce { "1" } else { "0" }.to_owned(),
@@ -135,6 +141,7 @@ impl RuleCall {
             && self.ban_factor == other.ban_factor
             && self.ban_max_ms == other.ban_max_ms
             && self.decay_ms == other.decay_ms
+            && self.lease.max(1) == other.lease.max(1)
     }
 }
 
@@ -168,13 +175,16 @@ pub(super) fn parse_rule_results(out: &[String], n: usize) -> Result<Vec<RuleRes
     }
     out.chunks(5)
         .map(|c| {
+            let (status, leased) = match c[0].as_str() {
+                "ok" => (RuleStatus::Ok, false),
+                "lease" => (RuleStatus::Ok, true),
+                "over" => (RuleStatus::Over, false),
+                "shadow" => (RuleStatus::Shadow, false),
+                s => return Err(StoreError::Protocol(format!("rules status {s}"))),
+            };
             Ok(RuleResult {
-                status: match c[0].as_str() {
-                    "ok" => RuleStatus::Ok,
-                    "over" => RuleStatus::Over,
-                    "shadow" => RuleStatus::Shadow,
-                    s => return Err(StoreError::Protocol(format!("rules status {s}"))),
-                },
+                status,
+                leased,
                 remaining: parse(c.get(1), "remaining")?,
                 reset_ms: parse(c.get(2), "reset_ms")?,
                 ban_ms: parse(c.get(3), "ban_ms")?,

@@ -129,6 +129,7 @@ async fn a_rule_check_sent_twice_or_too_late_counts_once_or_not_at_all() {
         ban_factor: 1,
         ban_max_ms: 0,
         decay_ms: 0,
+        lease: 0,
     };
     let now = app.clock.now_ms();
     let deadline = store.script_deadline_ms();

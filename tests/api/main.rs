@@ -21,6 +21,7 @@ mod functions;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod leases;
 mod lifecycle;
 mod limits;
 mod ops;
