@@ -2,7 +2,8 @@
 //! `Idempotency-Key` (scoped to its API key, kept `client_secs`), or else the
 //! server-made request id (kept `server_secs`), so a transport re-send never
 //! charges twice. Keys and fingerprints are keyed digests: both may contain
-//! identities.
+//! identities. A server-made request id carries none and is unique, so its
+//! record is named by the id itself ([`server_digest`]).
 //!
 //! A client key belongs to its caller, not to a campaign: before the effect,
 //! [`Idempotency::own`] claims the key for this request's fingerprint in a
@@ -18,6 +19,27 @@ use crate::service::RequestContext;
 use crate::store::campaigns::KeyOwner;
 use crate::store::keys;
 use crate::store::{CreateIdem, Idem, Store};
+
+/// The record name of a server-made request id (`domain::unique`: a
+/// process's 64 random bits, then a counter; 32 hex digits): the id itself,
+/// its first 64 bits mixed with the counter. It carries no identity and
+/// no other request has it, so it needs no keyed digest (a MAC was 5 % of
+/// a claim's instructions). The mix matters because the claim script keeps
+/// the first 64 bits only (`store::claims`): there two processes' ids
+/// collide with probability 2^-64 a pair, as two digests' halves would.
+/// `None` for an id of another shape.
+fn server_digest(id: &str) -> Option<String> {
+    if id.len() != 32 {
+        return None;
+    }
+    let v = u128::from_str_radix(id, 16).ok()?;
+    let (prefix, counter) = ((v >> 64) as u64, v as u64);
+    let mixed = prefix ^ counter.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&mixed.to_be_bytes());
+    bytes[8..].copy_from_slice(&counter.to_be_bytes());
+    Some(crate::domain::hex::lower(&bytes))
+}
 
 /// How long the records live.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +91,8 @@ impl Idempotency {
                 shard_retries_sold_out: false,
             },
             None => Idem {
-                digest: self.digest(&[b"server", ctx.request_id.as_bytes()]),
+                digest: server_digest(&ctx.request_id)
+                    .unwrap_or_else(|| self.digest(&[b"server", ctx.request_id.as_bytes()])),
                 fingerprint,
                 ttl_secs: self.ttls.server_secs,
                 keep_rejections: false,
@@ -132,5 +155,27 @@ impl Idempotency {
             fingerprint,
             ttl_secs: self.ttls.client_secs,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::server_digest;
+
+    #[test]
+    fn server_ids_name_their_records_uniquely_in_their_first_64_bits() {
+        let a = server_digest("00112233445566770000000000000001").unwrap();
+        let b = server_digest("00112233445566770000000000000002").unwrap();
+        let c = server_digest("8899aabbccddeeff0000000000000001").unwrap();
+        assert_eq!(a.len(), 32);
+        // One process's ids, and two processes' ids with one counter.
+        assert_ne!(a[..16], b[..16]);
+        assert_ne!(a[..16], c[..16]);
+        assert_eq!(
+            a,
+            server_digest("00112233445566770000000000000001").unwrap()
+        );
+        assert!(server_digest("not-a-request-id").is_none());
     }
 }
