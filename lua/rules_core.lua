@@ -447,9 +447,12 @@ local function rules_run(mode, now, specs)
       reset = first and (first + c.w - now) or c.w
       remaining = c.limit - count - ((present or over) and 0 or 1)
     else
-      local count, first = add_part(vprev, fr.bprev, oldest, 0, false)
-      count, first = add_whole(vcur, fr.bcur, count, first)
-      count, first = add_whole(vnext, fr.bnext, count, first)
+      -- (Each read only when there is a value: a new key has none, and
+      -- a call costs more than the test.)
+      local count, first = 0, false
+      if vprev then count, first = add_part(vprev, fr.bprev, oldest, 0, false) end
+      if vcur then count, first = add_whole(vcur, fr.bcur, count, first) end
+      if vnext then count, first = add_whole(vnext, fr.bnext, count, first) end
       S_first[i] = first
       if c.kind == 'r' then
         over = count + 1 > c.limit
@@ -458,7 +461,11 @@ local function rules_run(mode, now, specs)
         over = count >= c.limit
         remaining = c.limit - count
       end
-      reset = free_after(r, i, over and (count + 1 - c.limit) or 1, now)
+      if not over and not first then
+        reset = c.w
+      else
+        reset = free_after(r, i, over and (count + 1 - c.limit) or 1, now)
+      end
     end
     if remaining < 0 then remaining = 0 end
     S_over[i], S_remaining[i], S_reset[i] = over, remaining, reset
@@ -552,7 +559,7 @@ local function rules_run(mode, now, specs)
     out[k + 2] = istr(floor(S_remaining[i]))
     out[k + 3] = reset > 0 and istr(floor(reset)) or '0'
     out[k + 4] = ban_ms > 0 and istr(floor(ban_ms)) or '0'
-    out[k + 5] = istr(level)
+    out[k + 5] = level > 0 and istr(level) or '0'
     k = k + 5
   end
   return out
