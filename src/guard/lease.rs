@@ -184,21 +184,7 @@ mod tests {
     use super::*;
 
     fn call(limit: u64) -> RuleCall {
-        RuleCall {
-            epochs: "st:{r:0}:hot:e:".into(),
-            field: "f".into(),
-            kind: RuleKind::Requests,
-            limit,
-            window_ms: 60_000,
-            enforce: true,
-            member: String::new(),
-            ban_after: 0,
-            ban_ms: 0,
-            ban_factor: 1,
-            ban_max_ms: 0,
-            decay_ms: 0,
-            lease: 0,
-        }
+        RuleCall::requests("st:{r:0}:hot:e:".into(), "f".into(), limit, 60_000)
     }
 
     fn granted(remaining: u64) -> RuleResult {

@@ -107,6 +107,27 @@ fn rule_args(now_ms: i64, mode: &str, calls: &[RuleCall]) -> (Vec<String>, Vec<S
 }
 
 impl RuleCall {
+    /// A `requests` rule of `limit` a window of `window_ms` on the key
+    /// `field`, enforced, without bans or a lease (tests and tools; the
+    /// guard builds its calls from the rules file: `guard::rules::plan`).
+    pub fn requests(epochs: String, field: String, limit: u64, window_ms: u64) -> Self {
+        Self {
+            epochs,
+            field,
+            kind: RuleKind::Requests,
+            limit,
+            window_ms,
+            enforce: true,
+            member: String::new(),
+            ban_after: 0,
+            ban_ms: 0,
+            ban_factor: 1,
+            ban_max_ms: 0,
+            decay_ms: 0,
+            lease: 0,
+        }
+    }
+
     /// The rule's constants, as `claim.lua`'s rule table takes them (9:
     /// kind limit window enforce ban_after ban_ms ban_factor ban_max decay).
     pub(super) fn constants(&self) -> [String; 9] {

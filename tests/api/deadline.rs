@@ -110,27 +110,13 @@ async fn claims_answered_503_during_a_stall_are_never_charged() {
 async fn a_rule_check_sent_twice_or_too_late_counts_once_or_not_at_all() {
     use stampede::domain::clock::Clock;
     use stampede::store::keys;
-    use stampede::store::rules::{RuleCall, RuleKind, RuleStatus};
+    use stampede::store::rules::{RuleCall, RuleStatus};
     use stampede::store::{Store, StoreError};
     let app = spawn_app().await;
     let store = Store::open(&app.store_url(), Duration::from_secs(2)).unwrap();
     let digest = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
     let epochs = keys::rule(digest, "resend", keys::RULE_SHARDS);
-    let rule = RuleCall {
-        epochs,
-        field: digest.into(),
-        kind: RuleKind::Requests,
-        limit: 5,
-        window_ms: 60_000,
-        enforce: true,
-        member: String::new(),
-        ban_after: 0,
-        ban_ms: 0,
-        ban_factor: 1,
-        ban_max_ms: 0,
-        decay_ms: 0,
-        lease: 0,
-    };
+    let rule = RuleCall::requests(epochs, digest.into(), 5, 60_000);
     let now = app.clock.now_ms();
     let deadline = store.script_deadline_ms();
     let check = |id: &'static str, deadline: i64| {

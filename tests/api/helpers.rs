@@ -346,15 +346,19 @@ pub fn phone(i: usize) -> String {
     format!("+86138{:08}", i)
 }
 
+/// A response header's value ("" when absent or not text).
+pub fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Asserts a problem+json answer with `status` and `code`; returns the body.
 pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
     let got = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let ct = header(&res, "content-type");
     let text = res.text().await.unwrap_or_default();
     assert_eq!(got, status, "status; body: {text}");
     assert_eq!(ct, "application/problem+json", "content type; body: {text}");

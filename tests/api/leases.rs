@@ -17,24 +17,18 @@ async fn a_lease_is_charged_whole_while_it_fits_and_never_past_the_limit() {
     use stampede::domain::clock::Clock;
     use stampede::store::Store;
     use stampede::store::keys;
-    use stampede::store::rules::{RuleCall, RuleKind, RuleStatus};
+    use stampede::store::rules::{RuleCall, RuleStatus};
     let app = spawn_app().await;
     let store = Store::open(&app.store_url(), Duration::from_secs(2)).unwrap();
     let digest = "0123456789abcdef0123456789abcdef";
     let rule = RuleCall {
-        epochs: keys::rule(digest, "lease-probe", keys::RULE_SHARDS),
-        field: digest.into(),
-        kind: RuleKind::Requests,
-        limit: 100,
-        window_ms: 3_600_000,
-        enforce: true,
-        member: String::new(),
-        ban_after: 0,
-        ban_ms: 0,
-        ban_factor: 1,
-        ban_max_ms: 0,
-        decay_ms: 0,
         lease: 30,
+        ..RuleCall::requests(
+            keys::rule(digest, "lease-probe", keys::RULE_SHARDS),
+            digest.into(),
+            100,
+            3_600_000,
+        )
     };
     let now = app.clock.now_ms();
     let mut seen = Vec::new();
@@ -73,12 +67,7 @@ async fn a_hot_rule_key_is_served_from_its_lease() {
     for i in 0..100 {
         let res = app.claim(&c, &phone(i), &format!("d{i}")).await;
         assert_eq!(res.status(), 201);
-        let rl = res
-            .headers()
-            .get("ratelimit")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let rl = header(&res, "ratelimit");
         let r: u64 = rl
             .strip_prefix(r#""hot-lease";r="#)
             .and_then(|s| s.split(';').next())

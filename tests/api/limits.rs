@@ -8,14 +8,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn header(res: &reqwest::Response, name: &str) -> String {
-    res.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_rate_rule_refuses_with_429_and_ratelimit_headers() {
     let (app, _f) = spawn_app_with_rules(
