@@ -378,14 +378,20 @@ impl Guard {
             let mut call = p.call;
             let size = lease::size(&call);
             if size > 1 {
-                match self.leases.take(&call, now_ms) {
+                let event = match self.leases.take(&call, now_ms) {
                     lease::Take::Local(r) => {
                         local.push((p.index, r));
                         continue;
                     }
-                    lease::Take::Ask => call.lease = size,
-                    lease::Take::Plain => {}
-                }
+                    lease::Take::Ask => {
+                        call.lease = size;
+                        "asked"
+                    }
+                    lease::Take::Plain => "plain",
+                };
+                // (Not for a spare unit: the decisions counter has those.)
+                metrics::counter!("stampede_rule_lease_events_total", "rule" => p.rule.name.clone(), "event" => event)
+                    .increment(1);
             }
             indices.push(p.index);
             calls.push(call);
@@ -452,11 +458,18 @@ impl Guard {
         let subject = &pending.subject;
         let mut decision = Decision::default();
         let mut bans: Vec<(String, BanRecord)> = Vec::new();
-        for (call, r) in pending.calls.iter().zip(results) {
-            if r.leased {
-                self.leases.grant(call, r, now);
-            } else if call.lease > 1 {
-                self.leases.not_granted(call);
+        for ((index, call), r) in pending.indices.iter().zip(&pending.calls).zip(results) {
+            if call.lease > 1 {
+                let event = if r.leased {
+                    self.leases.grant(call, r, now);
+                    "granted"
+                } else {
+                    self.leases.not_granted(call);
+                    "not_granted"
+                };
+                let rule = &pending.limits.set.rules[*index];
+                metrics::counter!("stampede_rule_lease_events_total", "rule" => rule.name.clone(), "event" => event)
+                    .increment(1);
             }
         }
         let checked = pending.indices.iter().zip(results);

@@ -81,6 +81,18 @@ async fn a_hot_rule_key_is_served_from_its_lease() {
     let m = app.metrics().await;
     let allowed = r#"stampede_rule_decisions_total{rule="hot-lease",decision="allowed"}"#;
     assert_eq!(counter(&m, allowed), 100.0, "every claim counted");
+    // Sequential claims: each lease is asked by one claim and granted.
+    let event = |e: &str| {
+        counter(
+            &m,
+            &format!(r#"stampede_rule_lease_events_total{{rule="hot-lease",event="{e}"}}"#),
+        )
+    };
+    assert_eq!(
+        (event("asked"), event("granted"), event("plain")),
+        (2.0, 2.0, 0.0),
+        "{m}"
+    );
     let mut conn = app.redis().conn();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("st:{r:*:hot-lease:e:*")
