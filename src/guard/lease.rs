@@ -85,12 +85,20 @@ fn bucket(call: &RuleCall, now: i64) -> i64 {
     now.div_euclid((call.window_ms / 10).max(1) as i64)
 }
 
-fn key(call: &RuleCall) -> String {
-    let mut k = String::with_capacity(call.epochs.len() + call.field.len() + 1);
-    k.push_str(&call.epochs);
-    k.push('|');
-    k.push_str(&call.field);
-    k
+/// `f` of `call`'s key in the map (`<epochs>|<field>`), made in a buffer
+/// of the thread: a request that takes a spare unit allocates nothing.
+fn with_key<R>(call: &RuleCall, f: impl FnOnce(&str) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    KEY.with_borrow_mut(|k| {
+        k.clear();
+        k.push_str(&call.epochs);
+        k.push('|');
+        k.push_str(&call.field);
+        f(k)
+    })
 }
 
 impl Leases {
@@ -98,9 +106,12 @@ impl Leases {
     /// `call` must be leased ([`size`] of at least 2).
     pub fn take(&self, call: &RuleCall, now: i64) -> Take {
         let b = bucket(call, now);
+        with_key(call, |k| self.take_at(call, k, b, now))
+    }
+
+    fn take_at(&self, call: &RuleCall, k: &str, b: i64, now: i64) -> Take {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let k = key(call);
-        if let Some(e) = map.get_mut(&k) {
+        if let Some(e) = map.get_mut(k) {
             let asking = e.asked_at != i64::MIN && now - e.asked_at < ASK_MS;
             if e.bucket == b && e.spare > 0 {
                 // Half spent: the next lease is asked (by this request,
@@ -133,7 +144,7 @@ impl Leases {
             }
         }
         map.insert(
-            k,
+            k.to_owned(),
             Entry {
                 bucket: b,
                 spare: 0,
@@ -151,7 +162,7 @@ impl Leases {
         let b = bucket(call, now);
         let spare = call.lease.saturating_sub(1);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let e = map.entry(key(call)).or_insert(Entry {
+        let e = map.entry(with_key(call, str::to_owned)).or_insert(Entry {
             bucket: b,
             spare: 0,
             remaining: 0,
@@ -172,7 +183,7 @@ impl Leases {
     /// the next request may ask again.
     pub fn not_granted(&self, call: &RuleCall) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = map.get_mut(&key(call)) {
+        if let Some(e) = with_key(call, |k| map.get_mut(k)) {
             e.asked_at = i64::MIN;
         }
     }
