@@ -165,11 +165,11 @@ do
   end
 end
 
--- The campaign and its rules, read once: within the call only `issued`
--- and `low_fired` change, and this script is what changes them.
+-- The campaign and its rules, read once: within the call only `issued`,
+-- `low_fired` and `sold_fired` change, and this script is what changes them.
 local m = redis.call('HMGET', KEYS[1], 'state', 'stock', 'issued', 'starts_ms', 'ends_ms',
   'per_phone', 'per_device', 'per_ip', 'valid_ms', 'rollout', 'low_at', 'low_fired', 'webhook',
-  'void', 'max_serial')
+  'void', 'max_serial', 'sold_fired')
 -- `issued` counts serials handed out; `void` those taken back (void_claim.lua).
 local stock, issued, void = int(m[2]), int(m[3]), int(m[14])
 local starts, ends = int(m[4]), int(m[5])
@@ -186,6 +186,10 @@ local max_serial = tonumber(m[15] or '4294967295') or 4294967295
 local issued_at_start = issued
 local record_prefix = KEYS[2] .. ':'
 local low_fired = m[12] == '1'
+-- `campaign.sold_out` fires once a sell-out: a claim taken back
+-- (void_claim.lua) frees a unit without re-arming it; a stock raise does
+-- (patch_campaign.lua clears `sold_fired`).
+local sold_fired = m[16] == '1'
 
 -- The batch's rule fields, read at once (hcache.lua, rules_core.lua).
 if R > 0 then rules_prefetch(nows, specs, n) end
@@ -308,7 +312,7 @@ local function claim(K, A, now, rule_out)
   local events
   if m[13] == '1' then
     if low_at >= 0 and remaining <= low_at and not low_fired then events = {'campaign.low_stock'} end
-    if remaining == 0 then
+    if remaining == 0 and not sold_fired then
       events = events or {}
       events[#events + 1] = 'campaign.sold_out'
     end
@@ -380,6 +384,9 @@ local function claim(K, A, now, rule_out)
       if name == 'campaign.low_stock' then
         redis.call('HSET', KEYS[1], 'low_fired', '1')
         low_fired = true
+      else
+        redis.call('HSET', KEYS[1], 'sold_fired', '1')
+        sold_fired = true
       end
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'event', name,
         'stock', tostring(stock), 'remaining', tostring(remaining), 'at_ms', ARGV[A])

@@ -50,7 +50,8 @@ if tonumber(ARGV[2]) < issued then return {'below_issued', tostring(issued)} end
 
 redis.call('HSET', KEYS[1], unpack(ARGV, 7 + 2 * g))
 if g > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 7, 6 + 2 * g)) end
--- A raise re-arms a sharded campaign's sold-out webhook (shard_alert.lua).
+-- A raise re-arms the sold-out webhook (claim.lua, reserve_codes.lua,
+-- shard_alert.lua: it fires once a sell-out).
 if tonumber(ARGV[2]) > counter(m[4]) then redis.call('HDEL', KEYS[1], 'sold_fired') end
 local ver = redis.call('HINCRBY', KEYS[1], 'ver', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'at_ms', ARGV[4], 'actor', ARGV[3],

@@ -7,7 +7,7 @@ Its codes are bound to no one: redeem.lua and inspect_code.lua accept a serial
 with no claim record when it lies in a reservation of KEYS[2].
 
 KEYS (all under the campaign's hash tag, so this runs unchanged on Redis Cluster)
-  1  meta     hash    state stock issued ends_ms valid_ms low_at low_fired webhook
+  1  meta     hash    state stock issued ends_ms valid_ms low_at low_fired sold_fired webhook
   2  batches  zset    first serial -> 'first|count|created_ms|expires_ms'
   3  idem     string  'fingerprint|pending|first|count|lease_until_ms' while the
                       codes are being streamed, then 'fingerprint|done|first|count|0'
@@ -117,7 +117,7 @@ end
 -- 2. The campaign: it must exist, be approved and running (or paused), and
 --    have `count` serials left.
 local m = redis.call('HMGET', KEYS[1], 'state', 'stock', 'issued', 'ends_ms', 'valid_ms',
-  'low_at', 'low_fired', 'webhook', 'void')
+  'low_at', 'low_fired', 'webhook', 'void', 'sold_fired')
 if not m[1] then return {'not_found'} end
 local stock, issued, ends, valid_ms = tonumber(m[2]), tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
 local low_at = tonumber(m[6] or '-1')
@@ -156,6 +156,10 @@ if m[8] == '1' then
     redis.call('HSET', KEYS[1], 'low_fired', '1')
     event('campaign.low_stock')
   end
-  if remaining == 0 then event('campaign.sold_out') end
+  -- Once a sell-out, as claim.lua: a stock raise re-arms it.
+  if remaining == 0 and m[10] ~= '1' then
+    redis.call('HSET', KEYS[1], 'sold_fired', '1')
+    event('campaign.sold_out')
+  end
 end
 return {'ok', f, n, e}

@@ -154,6 +154,100 @@ async fn claims_wait_for_a_replica_and_a_missing_one_means_503_and_not_charged()
     app.stop().await;
 }
 
+/// The events in a campaign's webhook outbox, oldest first.
+fn outbox_events(conn: &mut redis::Connection, id: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("st:{{{id}}}:outbox"))
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "event"))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The claim that sells a campaign out writes `campaign.sold_out`; when
+/// that claim is taken back (a 503: the replica did not confirm it), the
+/// unit it frees sells out again without a second event. A stock raise
+/// re-arms it: the next sell-out writes one more.
+#[tokio::test]
+async fn a_claim_taken_back_at_the_sell_out_does_not_fire_sold_out_again() {
+    crate::single_node_only!("runs its own master and replica");
+    let master = RedisServer::start();
+    let replica = Replica::start(&master);
+    let mut s = test_settings(Some(master.url()));
+    s.redis_wait_replicas = 1;
+    s.redis_wait_timeout_ms = 200;
+    s.webhook_allow_loopback = true;
+    let app = spawn_with_settings(s).await;
+    let id = app
+        .create_campaign(json!({
+            "stock": 2,
+            "alerts": {"low_stock_percent": 10, "webhook_url": "http://127.0.0.1:9/hook"},
+        }))
+        .await;
+    assert_eq!(app.claim(&id, &phone(0), "d0").await.status(), 201);
+
+    // The selling-out claim runs on the master, is not confirmed: 503, taken back.
+    replica.signal("STOP").unwrap();
+    assert_problem(app.claim(&id, &phone(1), "d1").await, 503, "unavailable").await;
+    let mut m = master.conn();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.campaign(&id).await["issued"] != 1 {
+        assert!(Instant::now() < deadline, "the claim was not taken back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        outbox_events(&mut m, &id),
+        ["campaign.low_stock", "campaign.sold_out"],
+        "the script wrote its events before the 503"
+    );
+
+    // The freed unit sells out again: no second event.
+    replica.signal("CONT").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = app.claim(&id, &phone(2), "d2").await.status();
+        if status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "claims never came back: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_problem(app.claim(&id, &phone(3), "d3").await, 409, "sold_out").await;
+    assert_eq!(
+        outbox_events(&mut m, &id),
+        ["campaign.low_stock", "campaign.sold_out"],
+        "sold out once a sell-out"
+    );
+
+    // A raise re-arms it.
+    let res = app
+        .client
+        .patch(app.url(&format!("/v1/campaigns/{id}")))
+        .json(&json!({"stock": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(app.claim(&id, &phone(4), "d4").await.status(), 201);
+    assert_eq!(
+        outbox_events(&mut m, &id),
+        [
+            "campaign.low_stock",
+            "campaign.sold_out",
+            "campaign.sold_out"
+        ]
+    );
+    app.stop().await;
+}
+
 #[test]
 fn waiting_for_replicas_needs_a_redis_url_and_a_timeout_under_the_deadline() {
     let mut s = test_settings(None);
