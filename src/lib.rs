@@ -19,7 +19,8 @@
 //!   IPv6 prefix) resolved once for every route, the in-process flood shield (governor),
 //!   block/allow lists, the in-process view of bans, and the rules engine (which rules
 //!   apply, their keys, one script call per hash slot, RateLimit headers, bans, and
-//!   `guard::lease`: a hot key's units charged a lease at a time).
+//!   `guard::lease`: a hot key's units charged a lease at a time; `guard::meters`: the
+//!   rules' metrics handles, made once per rules file).
 //! - [`worker`]: background loops: the rules-file watcher (notify), the bans refresh,
 //!   webhook delivery (each campaign's outbox stream, at least once, SSRF-checked), and
 //!   the gauges `deploy/`'s dashboard and alerts read (Redis up, each campaign's stock),

@@ -20,6 +20,7 @@
 pub mod bans;
 pub mod client_ip;
 pub mod lease;
+pub mod meters;
 pub mod reload;
 pub mod rules;
 pub mod shield;
@@ -37,8 +38,9 @@ use crate::domain::limits::{BanKind, Count, Defaults, Endpoint, RuleSet};
 use crate::domain::ratelimit::{RateState, ceil_secs};
 use crate::error::{ApiError, BlockReason};
 use crate::store::Store;
-use crate::store::rules::{BanRecord, RuleCall, RuleResult, RuleStatus};
+use crate::store::rules::{BanRecord, RuleCall, RuleResult};
 use bans::BanCache;
+use meters::{LeaseEvent, Meters};
 pub use reload::read_rules;
 use rules::{Decision, Planned, Subject, by_slot, plan};
 use shield::Shield;
@@ -64,6 +66,14 @@ pub struct Limits {
     pub set: RuleSet,
     pub loaded_ms: i64,
     pub shield: Option<Shield>,
+    /// The rules' metrics handles.
+    meters: Meters,
+}
+
+impl Limits {
+    fn meters(&self, index: usize) -> &meters::RuleMeters {
+        self.meters.rule(&self.set, index)
+    }
 }
 
 /// The last edit of the rules file that was refused.
@@ -188,6 +198,7 @@ impl Guard {
                 set: RuleSet::default(),
                 loaded_ms: 0,
                 shield: None,
+                meters: Meters::default(),
             }),
             rejected: Mutex::new(None),
             file,
@@ -231,6 +242,7 @@ impl Guard {
             set,
             loaded_ms: self.clock.now_ms(),
             shield,
+            meters: Meters::default(),
         }));
     }
 
@@ -385,13 +397,12 @@ impl Guard {
                     }
                     lease::Take::Ask => {
                         call.lease = size;
-                        "asked"
+                        LeaseEvent::Asked
                     }
-                    lease::Take::Plain => "plain",
+                    lease::Take::Plain => LeaseEvent::Plain,
                 };
                 // (Not for a spare unit: the decisions counter has those.)
-                metrics::counter!("stampede_rule_lease_events_total", "rule" => p.rule.name.clone(), "event" => event)
-                    .increment(1);
+                limits.meters(p.index).lease(event);
             }
             indices.push(p.index);
             calls.push(call);
@@ -462,26 +473,18 @@ impl Guard {
             if call.lease > 1 {
                 let event = if r.leased {
                     self.leases.grant(call, r, now);
-                    "granted"
+                    LeaseEvent::Granted
                 } else {
                     self.leases.not_granted(call);
-                    "not_granted"
+                    LeaseEvent::NotGranted
                 };
-                let rule = &pending.limits.set.rules[*index];
-                metrics::counter!("stampede_rule_lease_events_total", "rule" => rule.name.clone(), "event" => event)
-                    .increment(1);
+                pending.limits.meters(*index).lease(event);
             }
         }
         let checked = pending.indices.iter().zip(results);
         for (index, r) in checked.chain(pending.local.iter().map(|(i, r)| (i, r))) {
             let rule = &pending.limits.set.rules[*index];
-            let label = match r.status {
-                RuleStatus::Ok => "allowed",
-                RuleStatus::Over => "limited",
-                RuleStatus::Shadow => "shadow_limited",
-            };
-            metrics::counter!("stampede_rule_decisions_total", "rule" => rule.name.clone(), "decision" => label)
-                .increment(1);
+            pending.limits.meters(*index).decision(r.status);
             decision.add(rule, r);
             if r.ban_ms > 0 {
                 for kind in rule.ban_kinds() {

@@ -376,6 +376,21 @@ impl ClaimService {
         outcome: ClaimOutcome,
         replayed: bool,
     ) -> Result<Issued, ApiError> {
+        // One handle per outcome, made once (as in `remembered_refusal`).
+        const OUTCOMES: [&str; 9] = [
+            "issued",
+            "campaign_not_found",
+            "campaign_not_active",
+            "sold_out",
+            "not_eligible",
+            "per_phone",
+            "per_device",
+            "per_ip",
+            "idempotency_key_reused",
+        ];
+        static COUNTERS: LazyLock<[metrics::Counter; 9]> = LazyLock::new(|| {
+            OUTCOMES.map(|label| metrics::counter!("stampede_claims_total", "outcome" => label))
+        });
         let label = match &outcome {
             ClaimOutcome::Issued { .. } => "issued",
             ClaimOutcome::NotFound => "campaign_not_found",
@@ -385,7 +400,9 @@ impl ClaimService {
             ClaimOutcome::Limit(q) => q.as_str(),
             ClaimOutcome::KeyReused => "idempotency_key_reused",
         };
-        metrics::counter!("stampede_claims_total", "outcome" => label).increment(1);
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == label) {
+            COUNTERS[i].increment(1);
+        }
         // A refusal every claim gets now is remembered; a replay is an old
         // answer, so it is not.
         if !replayed {

@@ -226,7 +226,7 @@ impl Store {
             state: state.unwrap_or_default(),
             no: parse(no.as_ref(), "campaign number")?,
             // Serials taken back after a 503 (`void_claim.lua`) were never issued.
-            issued: parse::<i64>(issued.as_ref(), "issued")?
+            issued: parse::<i64, _>(issued.as_ref(), "issued")?
                 - void
                     .as_deref()
                     .and_then(|v| v.parse::<i64>().ok())

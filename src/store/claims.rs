@@ -5,7 +5,7 @@
 use crate::domain::campaign::Quota;
 use crate::domain::identity::Pseudonym;
 use crate::store::Idem;
-use crate::store::batch;
+use crate::store::batch::{self, Answer};
 use crate::store::coupons::Recorded;
 use crate::store::keys::{self, CampaignKeys};
 use crate::store::redis::{Result, Store, StoreError, parse};
@@ -13,14 +13,52 @@ use crate::store::rules::{RuleCall, RuleKind, RuleResult, parse_rule_results};
 use crate::store::scripts;
 
 /// One claim's own keys (quota buckets, idempotency record) and arguments,
-/// as `claim.lua` takes them, its rules (sent through the call's rule table,
-/// see [`Store::flush_claims`]), and how to take it back.
+/// as `claim.lua` takes them, and its rules (sent through the call's rule
+/// table, see [`Store::flush_claims`]). Numbers stay numbers until they are
+/// written into the call (redis-rs prints them in place), and what taking
+/// the claim back needs is read from these fields when it happens
+/// ([`VoidClaim::of`]): a claim allocates a handful of strings, not thirty.
 pub(super) struct ClaimCall {
-    keys: Vec<String>,
-    args: Vec<String>,
+    /// Phone, device and IP quota buckets, then the idempotency record.
+    keys: [String; 4],
+    args: ClaimArgs,
     /// Its rules; as many answers (5 strings each) lead its reply.
     rules: Vec<RuleCall>,
-    void: Option<VoidClaim>,
+}
+
+/// A claim's 13 arguments (`claim.lua`'s header lists them).
+struct ClaimArgs {
+    now_ms: i64,
+    /// Short pseudonyms: phone, device, IP.
+    ids: [String; 3],
+    fingerprint: String,
+    idem_ttl_secs: u64,
+    /// 'c', 'k' or 's' (see `claim.lua`).
+    mode: &'static str,
+    rollout_bucket: u8,
+    channel: String,
+    deadline_ms: i64,
+    request_id: String,
+    rid_expire_s: i64,
+    rules: usize,
+}
+
+impl ClaimArgs {
+    fn write(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.now_ms)
+            .arg(&self.ids[0])
+            .arg(&self.ids[1])
+            .arg(&self.ids[2])
+            .arg(&self.fingerprint)
+            .arg(self.idem_ttl_secs)
+            .arg(self.mode)
+            .arg(self.rollout_bucket)
+            .arg(&self.channel)
+            .arg(self.deadline_ms)
+            .arg(&self.request_id)
+            .arg(self.rid_expire_s)
+            .arg(self.rules);
+    }
 }
 
 /// What the claim script answered for one claim.
@@ -76,11 +114,33 @@ pub struct ClaimIds<'a> {
 /// What it takes to undo one claim (see `lua/void_claim.lua`).
 #[derive(Debug)]
 struct VoidClaim {
-    keys: CampaignKeys,
+    meta: String,
+    /// The claim record's bucket and field.
+    record: (String, String),
     quotas: [String; 3],
     ids: [String; 3],
     rids: String,
     rid: String,
+}
+
+impl VoidClaim {
+    /// What undoes `call`, issued as `serial` on the campaign whose shared
+    /// keys are `shared` (meta, claims prefix, ...); `None` for a claim under
+    /// a client key (the client's retry gets the code: nothing to undo).
+    fn of(call: &ClaimCall, shared: &[String; 4], serial: u64) -> Option<Self> {
+        if call.args.mode != "s" {
+            return None;
+        }
+        let [q_phone, q_device, q_ip, rids] = &call.keys;
+        Some(Self {
+            meta: shared[0].clone(),
+            record: keys::claim_record(&shared[1], serial),
+            quotas: [q_phone.clone(), q_device.clone(), q_ip.clone()],
+            ids: call.args.ids.clone(),
+            rids: rids.clone(),
+            rid: call.args.request_id.clone(),
+        })
+    }
 }
 
 impl Store {
@@ -88,17 +148,15 @@ impl Store {
     /// and counted; if Redis cannot be reached for it either, the claim
     /// stays, as after a dropped connection).
     async fn void_claim(&self, v: VoidClaim, serial: u64) {
-        let (claims, field) = v.keys.claims(serial);
-        let meta = v.keys.meta();
         let k = [
-            meta.as_str(),
+            v.meta.as_str(),
             &v.quotas[0],
             &v.quotas[1],
             &v.quotas[2],
-            &claims,
+            &v.record.0,
             &v.rids,
         ];
-        let a = [field.as_str(), &v.ids[0], &v.ids[1], &v.ids[2], &v.rid];
+        let a = [v.record.1.as_str(), &v.ids[0], &v.ids[1], &v.ids[2], &v.rid];
         let outcome = match self.script(&scripts::VOID_CLAIM, &k, &a).await {
             Ok(out) if out.first().is_some_and(|s| s == "void") => "voided",
             Ok(_) => "gone",
@@ -155,76 +213,61 @@ impl Store {
                 idem.digest.get(..16).unwrap_or(&idem.digest),
             )
         };
-        let quotas = [
-            keys.quota_phone(keys::quota_bucket(who.phone, quota_buckets)),
-            keys.quota_device(keys::quota_bucket(who.device, quota_buckets)),
-            keys.quota_ip(keys::quota_bucket(who.ip, quota_buckets)),
-        ];
-        // A reply that comes after the deadline, to a caller that has answered
-        // 503: without a client key nobody can ever learn that code, so the
-        // claim is taken back (with a key, the client's retry gets the code).
-        let void = (mode == "s").then(|| VoidClaim {
-            keys: keys.clone(),
-            quotas: quotas.clone(),
-            ids: [phone.clone(), device.clone(), ip.clone()],
-            rids: idem_key.clone(),
-            rid: rid.to_owned(),
-        });
-        let mut call_keys = Vec::with_capacity(4);
-        call_keys.extend(quotas);
-        call_keys.push(idem_key);
-        let mut args = Vec::with_capacity(13);
-        args.extend([
-            decimal(now_ms),
-            phone,
-            device,
-            ip,
-            idem.fingerprint.clone(),
-            decimal(idem.ttl_secs),
-            mode.to_owned(),
-            decimal(rollout_bucket),
-            channel.to_owned(),
-            decimal(deadline_ms),
-            rid.to_owned(),
-            decimal(rid_second + 2),
-            decimal(rules.len()),
-        ]);
         let call = ClaimCall {
-            keys: call_keys,
-            args,
+            keys: [
+                keys.quota_phone(keys::quota_bucket(who.phone, quota_buckets)),
+                keys.quota_device(keys::quota_bucket(who.device, quota_buckets)),
+                keys.quota_ip(keys::quota_bucket(who.ip, quota_buckets)),
+                idem_key,
+            ],
+            args: ClaimArgs {
+                now_ms,
+                ids: [phone, device, ip],
+                fingerprint: idem.fingerprint.clone(),
+                idem_ttl_secs: idem.ttl_secs,
+                mode,
+                rollout_bucket,
+                channel: channel.to_owned(),
+                deadline_ms,
+                request_id: rid.to_owned(),
+                rid_expire_s: rid_second + 2,
+                rules: rules.len(),
+            },
             rules: rules.to_vec(),
-            void,
         };
         let lane = keys.meta();
-        let shared = [
-            lane.clone(),
-            keys.claims_prefix(),
-            keys.outbox(),
-            keys.stats(),
-        ];
-        let store = self.clone();
+        // (Named only when this claim starts a flusher.)
         let out = self
-            .enqueue(&self.claims, &lane, call, move || {
-                store.flush_claims(shared)
+            .enqueue(&self.claims, &lane, call, || {
+                let shared = [
+                    lane.clone(),
+                    keys.claims_prefix(),
+                    keys.outbox(),
+                    keys.stats(),
+                ];
+                self.clone().flush_claims(shared)
             })
             .await?;
-        match out.first().map(String::as_str) {
+        let out = out.fields();
+        match out.first().copied() {
             Some("late") => return Err(StoreError::Timeout(self.deadline())),
             Some("error") => {
-                return Err(StoreError::Script(out.get(1).cloned().unwrap_or_default()));
+                return Err(StoreError::Script(
+                    out.get(1).copied().unwrap_or_default().to_owned(),
+                ));
             }
             _ => {}
         }
         let split = (5 * rules.len()).min(out.len());
         let rule_results = parse_rule_results(&out[..split], rules.len())?;
         let out = &out[split..];
-        if out.first().is_some_and(|s| s == "refused") {
+        if out.first().is_some_and(|s| *s == "refused") {
             return Ok(ClaimReply {
                 rules: rule_results,
                 outcome: None,
             });
         }
-        let replayed = out.len() > 1 && out.last().is_some_and(|r| r == "1");
+        let replayed = out.len() > 1 && out.last().is_some_and(|r| *r == "1");
         Ok(ClaimReply {
             rules: rule_results,
             outcome: Some((parse_outcome(out)?, replayed)),
@@ -244,24 +287,18 @@ impl Store {
             Some(Recorded::Reused) => Some(ClaimOutcome::KeyReused),
             Some(Recorded::Answer(answer)) => {
                 // As claim.lua replays it: the fields, then the replay flag.
-                let mut parts: Vec<String> = answer.split('|').map(str::to_owned).collect();
-                parts.push("1".to_owned());
+                let mut parts: Vec<&str> = answer.split('|').collect();
+                parts.push("1");
                 Some(parse_outcome(&parts)?)
             }
         })
     }
 }
 
-/// A number's decimal text (`itoa`: `to_string` goes through `core::fmt`,
-/// six times a claim).
-fn decimal(v: impl itoa::Integer) -> String {
-    itoa::Buffer::new().format(v).to_owned()
-}
-
 /// A claim's own answer as claim.lua returns it (after its rules' answers).
-fn parse_outcome(out: &[String]) -> Result<ClaimOutcome> {
+fn parse_outcome(out: &[&str]) -> Result<ClaimOutcome> {
     let bad = || StoreError::Protocol(format!("claim: {out:?}"));
-    Ok(match out.first().map(String::as_str) {
+    Ok(match out.first().copied() {
         Some("ok") => ClaimOutcome::Issued {
             serial: parse(out.get(1), "serial")?,
             claimed_ms: parse(out.get(2), "claimed_ms")?,
@@ -269,13 +306,15 @@ fn parse_outcome(out: &[String]) -> Result<ClaimOutcome> {
         },
         Some("not_found") => ClaimOutcome::NotFound,
         Some("not_active") => ClaimOutcome::NotActive {
-            state: out.get(1).cloned().ok_or_else(bad)?,
+            state: out.get(1).map(|s| (*s).to_owned()).ok_or_else(bad)?,
             starts_ms: (out.len() == 4)
                 .then(|| parse(out.get(2), "starts_ms"))
                 .transpose()?,
         },
         Some("sold_out") => ClaimOutcome::SoldOut,
-        Some("not_eligible") => ClaimOutcome::NotEligible(out.get(1).cloned().ok_or_else(bad)?),
+        Some("not_eligible") => {
+            ClaimOutcome::NotEligible(out.get(1).map(|s| (*s).to_owned()).ok_or_else(bad)?)
+        }
         Some("limit") => {
             ClaimOutcome::Limit(out.get(1).and_then(|q| Quota::parse(q)).ok_or_else(bad)?)
         }
@@ -288,12 +327,14 @@ impl Store {
     /// Takes back a claim its caller was answered 503 for: only a fresh
     /// issue (not a replay) made without a client key (with one, the
     /// client's retry gets the code).
-    fn take_back(&self, rules: usize, void: Option<VoidClaim>, reply: &[String]) {
-        let reply = reply.get(5 * rules..).unwrap_or_default();
+    fn take_back(&self, call: &ClaimCall, shared: &[String; 4], reply: &Answer) {
+        let reply = reply.fields();
+        let reply = reply.get(5 * call.rules.len()..).unwrap_or_default();
         let fresh =
-            reply.first().is_some_and(|s| s == "ok") && reply.last().is_some_and(|s| s == "0");
+            reply.first().is_some_and(|s| *s == "ok") && reply.last().is_some_and(|s| *s == "0");
         let serial = reply.get(1).and_then(|s| s.parse::<u64>().ok());
-        if let (Some(void), Some(serial), true) = (void, serial, fresh) {
+        let void = serial.and_then(|serial| Some((VoidClaim::of(call, shared, serial)?, serial)));
+        if let (Some((void, serial)), true) = (void, fresh) {
             let store = self.clone();
             tokio::spawn(async move { store.void_claim(void, serial).await });
         }
@@ -338,8 +379,7 @@ impl Store {
                         .collect()
                 })
                 .collect();
-            let nkeys =
-                shared.len() + table.len() + batch.iter().map(|q| q.call.keys.len()).sum::<usize>();
+            let nkeys = shared.len() + table.len() + 4 * batch.len();
             let mut cmd = scripts::CLAIM_LIB.call(&self.functions_refused, nkeys);
             for k in &shared {
                 cmd.arg(k);
@@ -354,14 +394,10 @@ impl Store {
             }
             cmd.arg(batch.len()).arg(table.len());
             for r in &table {
-                for c in r.constants() {
-                    cmd.arg(c);
-                }
+                r.write_constants(&mut cmd);
             }
             for (q, places) in batch.iter().zip(&places) {
-                for a in &q.call.args {
-                    cmd.arg(a);
-                }
+                q.call.args.write(&mut cmd);
                 // (A distinct rule's member only: the script reads the
                 // others' members as ''.)
                 for (r, j) in q.call.rules.iter().zip(places) {
@@ -405,14 +441,14 @@ impl Store {
             for (q, reply) in batch.into_iter().zip(replies) {
                 if unreplicated {
                     if let Ok(r) = reply {
-                        self.take_back(q.call.rules.len(), q.call.void, &r);
+                        self.take_back(&q.call, &shared, &r);
                     }
                     let _ = q.reply.send(Err(unreplicated_error()));
                     continue;
                 }
                 // Sending fails only when the caller stopped waiting (503).
                 if let Err(Ok(late)) = q.reply.send(reply) {
-                    self.take_back(q.call.rules.len(), q.call.void, &late);
+                    self.take_back(&q.call, &shared, &late);
                 }
             }
         }

@@ -112,17 +112,29 @@ impl CampaignKeys {
         k
     }
 
+    /// `suffix` then the number `n` (one allocation: these are named on
+    /// every claim).
+    fn numbered(&self, suffix: &str, n: impl itoa::Integer) -> String {
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(n);
+        let mut k = String::with_capacity(self.prefix.len() + suffix.len() + n.len());
+        k.push_str(&self.prefix);
+        k.push_str(suffix);
+        k.push_str(n);
+        k
+    }
+
     pub fn meta(&self) -> String {
         self.key("meta")
     }
     pub fn quota_phone(&self, bucket: u32) -> String {
-        self.key(&format!("q:p:{bucket}"))
+        self.numbered("q:p:", bucket)
     }
     pub fn quota_device(&self, bucket: u32) -> String {
-        self.key(&format!("q:d:{bucket}"))
+        self.numbered("q:d:", bucket)
     }
     pub fn quota_ip(&self, bucket: u32) -> String {
-        self.key(&format!("q:i:{bucket}"))
+        self.numbered("q:i:", bucket)
     }
     /// The prefix of the claim-record buckets (the claim script appends
     /// `:<serial / 64>`).
@@ -131,14 +143,11 @@ impl CampaignKeys {
     }
     /// The claim-record bucket of `serial`, and the field inside it.
     pub fn claims(&self, serial: u64) -> (String, String) {
-        (
-            self.key(&format!("cl:{}", serial / CLAIMS_PER_BUCKET)),
-            (serial % CLAIMS_PER_BUCKET).to_string(),
-        )
+        claim_record(&self.claims_prefix(), serial)
     }
     /// The server request ids of the calls whose deadline falls in second `s`.
     pub fn request_ids(&self, s: i64) -> String {
-        self.key(&format!("rid:{s}"))
+        self.numbered("rid:", s)
     }
     pub fn redemptions(&self) -> String {
         self.key("redemptions")
@@ -214,6 +223,15 @@ pub fn shard_tag(id: &str, i: u32, n: u32) -> String {
 
 /// Claim records per bucket (`cl:<serial / 64>`): the script's `64`.
 pub const CLAIMS_PER_BUCKET: u64 = 64;
+
+/// The claim-record bucket of `serial` under a campaign's claims prefix
+/// (`CampaignKeys::claims_prefix`), and the field inside it.
+pub fn claim_record(claims_prefix: &str, serial: u64) -> (String, String) {
+    (
+        format!("{claims_prefix}:{}", serial / CLAIMS_PER_BUCKET),
+        (serial % CLAIMS_PER_BUCKET).to_string(),
+    )
+}
 
 /// The number of quota buckets of a new campaign of `stock` (see the
 /// module docs): the next power of two of `stock / 16`, 1..=65,536.

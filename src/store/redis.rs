@@ -149,8 +149,11 @@ impl std::fmt::Debug for Store {
 }
 
 /// A number (or other value) from a script's reply.
-pub(super) fn parse<T: std::str::FromStr>(s: Option<&String>, what: &str) -> Result<T> {
-    s.and_then(|s| s.parse().ok())
+pub(super) fn parse<T: std::str::FromStr, S: AsRef<str> + ?Sized>(
+    s: Option<&S>,
+    what: &str,
+) -> Result<T> {
+    s.and_then(|s| s.as_ref().parse().ok())
         .ok_or_else(|| StoreError::Protocol(format!("bad {what}")))
 }
 

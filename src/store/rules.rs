@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::unique::unique_id;
-use crate::store::batch;
+use crate::store::batch::{self, Answer};
 use crate::store::keys;
 use crate::store::redis::{Result, Store, StoreError, parse};
 use crate::store::scripts;
@@ -130,23 +130,29 @@ impl RuleCall {
 
     /// The rule's constants, as `claim.lua`'s rule table takes them (9:
     /// kind limit window enforce ban_after ban_ms ban_factor ban_max decay).
-    pub(super) fn constants(&self) -> [String; 9] {
-        [
-            match self.kind {
-                RuleKind::Requests if self.lease > 1 => format!("r{}", self.lease),
-                RuleKind::Requests => "r".to_owned(),
-                RuleKind::Outcomes => "o".to_owned(),
-                RuleKind::Distinct => "d".to_owned(),
-            },
-            self.limit.to_string(),
-            self.window_ms.to_string(),
-            if self.enforce { "1" } else { "0" }.to_owned(),
-            self.ban_after.to_string(),
-            self.ban_ms.to_string(),
-            self.ban_factor.to_string(),
-            self.ban_max_ms.to_string(),
-            self.decay_ms.to_string(),
-        ]
+    /// The rule's kind as the scripts read it: `r`, `r<lease>`, `o`, `d`.
+    fn kind_text(&self) -> std::borrow::Cow<'static, str> {
+        match self.kind {
+            RuleKind::Requests if self.lease > 1 => format!("r{}", self.lease).into(),
+            RuleKind::Requests => "r".into(),
+            RuleKind::Outcomes => "o".into(),
+            RuleKind::Distinct => "d".into(),
+        }
+    }
+
+    /// Writes the rule's 9 constants (kind limit window_ms enforce
+    /// ban_after ban_ms ban_factor ban_max_ms decay_ms) into `cmd`: the
+    /// numbers are printed in place.
+    pub(super) fn write_constants(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.kind_text().as_ref())
+            .arg(self.limit)
+            .arg(self.window_ms)
+            .arg(if self.enforce { "1" } else { "0" })
+            .arg(self.ban_after)
+            .arg(self.ban_ms)
+            .arg(self.ban_factor)
+            .arg(self.ban_max_ms)
+            .arg(self.decay_ms);
     }
 
     /// Whether `other` is the same rule (same epoch hashes and constants):
@@ -172,31 +178,32 @@ fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<St
     for c in calls {
         keys.push(c.epochs.clone());
         keys.push(keys::ban_state(&c.epochs, &c.field));
-        let [
-            kind,
-            limit,
-            window,
-            enforce,
-            ban_after,
-            ban_ms,
-            factor,
-            ban_max,
-            decay,
-        ] = c.constants();
-        args.extend([kind, limit, window, enforce, c.member.clone()]);
-        args.extend([ban_after, ban_ms, factor, ban_max, decay, c.field.clone()]);
+        let n = |v: u64| v.to_string();
+        args.extend([
+            c.kind_text().into_owned(),
+            n(c.limit),
+            n(c.window_ms),
+            if c.enforce { "1" } else { "0" }.to_owned(),
+            c.member.clone(),
+            n(c.ban_after.into()),
+            n(c.ban_ms),
+            n(c.ban_factor.into()),
+            n(c.ban_max_ms),
+            n(c.decay_ms),
+            c.field.clone(),
+        ]);
     }
 }
 
 /// The answers of `n` rules (5 strings each, as `rules_core.lua`'s check
 /// returns them).
-pub(super) fn parse_rule_results(out: &[String], n: usize) -> Result<Vec<RuleResult>> {
+pub(super) fn parse_rule_results(out: &[&str], n: usize) -> Result<Vec<RuleResult>> {
     if out.len() != n * 5 {
         return Err(StoreError::Protocol(format!("rules: {out:?}")));
     }
     out.chunks(5)
         .map(|c| {
-            let (status, leased) = match c[0].as_str() {
+            let (status, leased) = match c[0] {
                 "ok" => (RuleStatus::Ok, false),
                 "lease" => (RuleStatus::Ok, true),
                 "over" => (RuleStatus::Over, false),
@@ -254,17 +261,19 @@ fn batch_invocation(id: &str, calls: &[&RulesCall]) -> redis::ScriptInvocation<'
 
 /// One request's answer from a batch, or a `503` for a request Redis
 /// reached past its deadline (not charged), or its keys' error.
-fn answered<'a>(store: &Store, out: &'a [String]) -> Result<&'a [String]> {
-    match out.first().map(String::as_str) {
+fn answered<'a, 'b>(store: &Store, out: &'b [&'a str]) -> Result<&'b [&'a str]> {
+    match out.first().copied() {
         Some("late") => Err(StoreError::Timeout(store.deadline())),
-        Some("error") => Err(StoreError::Script(out.get(1).cloned().unwrap_or_default())),
+        Some("error") => Err(StoreError::Script(
+            out.get(1).copied().unwrap_or_default().to_owned(),
+        )),
         _ => Ok(out),
     }
 }
 
 /// A check's answer: its `n` rules' results (see [`answered`]).
-fn rule_answer(store: &Store, out: &[String], n: usize) -> Result<Vec<RuleResult>> {
-    parse_rule_results(answered(store, out)?, n)
+fn rule_answer(store: &Store, out: &Answer, n: usize) -> Result<Vec<RuleResult>> {
+    parse_rule_results(answered(store, &out.fields())?, n)
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
@@ -329,7 +338,7 @@ impl Store {
 
     /// One `rules.lua` batch call of one request (not queued), recorded
     /// under `id`; its answer.
-    async fn rules_call(&self, id: &str, call: RulesCall) -> Result<Vec<String>> {
+    async fn rules_call(&self, id: &str, call: RulesCall) -> Result<Answer> {
         let inv = batch_invocation(id, &[&call]);
         let mut conn = self.conn();
         let reply: Vec<redis::Value> = self
@@ -377,8 +386,8 @@ impl Store {
             deadline_ms: self.script_deadline_ms(),
         };
         let out = self.rules_call(&unique_id(), call).await?;
-        match answered(self, &out)? {
-            [ok] if ok == "ok" => Ok(()),
+        match answered(self, &out.fields())? {
+            ["ok"] => Ok(()),
             other => Err(StoreError::Protocol(format!("rules settle: {other:?}"))),
         }
     }
