@@ -125,7 +125,8 @@ for j = 1, R do
   local a, pre = 2 + (j - 1) * 9, KEYS[4 + j]
   local cfg = pre and #ARGV >= a + 9 and rule_cfg_at(a, pre)
   if not cfg then return redis.error_reply('ERR claim.lua: bad rule ' .. j) end
-  cfgs[tostring(j)], prefixes[tostring(j)] = cfg, pre
+  local place = place_text(j)
+  cfgs[place], prefixes[place] = cfg, pre
 end
 -- Each claim's first key and argument (they differ in length by their
 -- rules), its clock (nil when it does not parse) and its rules (rule_spec,

@@ -102,6 +102,20 @@ local function hc_absent(key)
   return false
 end
 
+-- True when none of `keys` exists (one EXISTS for all of them), each then
+-- marked as hc_absent marks it; false when one exists or is already read
+-- (ask hc_absent key by key then). The keys must share a slot on a
+-- cluster (a rules.lua call's do).
+local function hc_all_absent(keys)
+  for i = 1, #keys do
+    local k = keys[i]
+    if hc_vals[k] or hc_bad[k] then return false end
+  end
+  if redis.call('EXISTS', unpack(keys)) ~= 0 then return false end
+  for i = 1, #keys do hc_none[keys[i]] = true end
+  return true
+end
+
 -- Checks once per call that `key` holds a hash or nothing (for fields
 -- written without being read first); raises otherwise.
 local function hc_hash(key)

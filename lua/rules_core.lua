@@ -107,19 +107,45 @@ end
 -- they do not parse) and whose epoch hashes are named `pre`..., parsed once
 -- while this text's locals live: a call of a script, every call of a
 -- function library (store::scripts), where the rule's frame (below) is
--- then also shared by the calls. At most 64 are kept (a rules file has a
--- few; a reload makes new ones).
+-- then also shared by the calls. Kept by prefix with the 9 strings it was
+-- parsed from: Lua interns strings, so comparing them costs a pointer
+-- compare each (joining them into one memo key cost ~2k cycles a rule and
+-- call). A prefix sent with other constants (a reloaded rules file) is
+-- parsed again. At most 64 are kept (a rules file has a few).
 local cfg_memo, cfg_count = {}, 0
 local function rule_cfg_at(a, pre)
-  local text = table.concat(ARGV, '|', a + 1, a + 9) .. '|' .. pre
-  local c = cfg_memo[text]
-  if c == nil then
-    c = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+  local m = cfg_memo[pre]
+  if m then
+    for i = 1, 9 do
+      if m[i] ~= ARGV[a + i] then
+        m = nil
+        break
+      end
+    end
+  end
+  if not m then
+    local c = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
       ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]) or false
     if cfg_count >= 64 then cfg_memo, cfg_count = {}, 0 end
-    cfg_memo[text], cfg_count = c, cfg_count + 1
+    m = {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+      ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], cfg = c}
+    if not cfg_memo[pre] then cfg_count = cfg_count + 1 end
+    cfg_memo[pre] = m
   end
-  return c or nil
+  return m.cfg or nil
+end
+
+-- The text of a small place number (a claim names its rules by their
+-- place in the call's rule table), printed once while this text's locals
+-- live (tostring prints with '%.14g': ~3k cycles).
+local place_texts = {}
+local function place_text(j)
+  local t = place_texts[j]
+  if not t then
+    t = fmt('%d', j)
+    if j <= 64 then place_texts[j] = t end
+  end
+  return t
 end
 
 -- One rule of one request, as a list: [1] its constants, [2] its epoch
@@ -215,13 +241,17 @@ local function rules_prefetch(nows, lists, n)
       unlinked[pre], unlinked_count = e, unlinked_count + 1
     end
   end
+  -- The next epoch's hash exists only while some instance's clock runs
+  -- ahead: one EXISTS of them all, rather than an HMGET of every field,
+  -- tells (and one EXISTS a hash when one of them does).
+  local nexts = {}
+  for i, l in ipairs(order) do nexts[i] = l.fr.knext end
+  local none = #nexts > 1 and hc_all_absent(nexts)
   for _, l in ipairs(order) do
     local fr = l.fr
     hc_prefetch(fr.kprev, l)
     hc_prefetch(fr.kcur, l)
-    -- The next epoch's hash exists only while some instance's clock runs
-    -- ahead: one EXISTS, rather than an HMGET of every field, tells.
-    if not hc_absent(fr.knext) then hc_prefetch(fr.knext, l) end
+    if not none and not hc_absent(fr.knext) then hc_prefetch(fr.knext, l) end
   end
 end
 
