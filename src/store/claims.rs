@@ -31,7 +31,8 @@ struct ClaimArgs {
     now_ms: i64,
     /// Short pseudonyms: phone, device, IP.
     ids: [String; 3],
-    fingerprint: String,
+    /// `-` (no client key: most claims) is not copied.
+    fingerprint: std::borrow::Cow<'static, str>,
     idem_ttl_secs: u64,
     /// 'c', 'k' or 's' (see `claim.lua`).
     mode: &'static str,
@@ -49,7 +50,7 @@ impl ClaimArgs {
             .arg(&self.ids[0])
             .arg(&self.ids[1])
             .arg(&self.ids[2])
-            .arg(&self.fingerprint)
+            .arg(self.fingerprint.as_ref())
             .arg(self.idem_ttl_secs)
             .arg(self.mode)
             .arg(self.rollout_bucket)
@@ -223,7 +224,10 @@ impl Store {
             args: ClaimArgs {
                 now_ms,
                 ids: [phone, device, ip],
-                fingerprint: idem.fingerprint.clone(),
+                fingerprint: match idem.fingerprint.as_str() {
+                    "-" => "-".into(),
+                    f => f.to_owned().into(),
+                },
                 idem_ttl_secs: idem.ttl_secs,
                 mode,
                 rollout_bucket,
@@ -385,7 +389,7 @@ impl Store {
                 cmd.arg(k);
             }
             for r in &table {
-                cmd.arg(&r.epochs);
+                cmd.arg(&*r.epochs);
             }
             for q in &batch {
                 for k in &q.call.keys {

@@ -273,10 +273,10 @@ pub const RULE_SHARDS: u32 = 64;
 /// slot of the value's ban state too ([`ban_state`]). The few prefixes of
 /// the rules in force are made once per thread (a claim with three rules
 /// formatted three per request).
-pub fn rule(digest: &str, rule: &str, shards: u32) -> String {
+pub fn rule(digest: &str, rule: &str, shards: u32) -> std::sync::Arc<str> {
     use std::cell::RefCell;
     thread_local! {
-        static PREFIXES: RefCell<foldhash::HashMap<String, Vec<Option<String>>>> =
+        static PREFIXES: RefCell<foldhash::HashMap<String, Vec<Option<std::sync::Arc<str>>>>> =
             RefCell::default();
     }
     let shard = digest
@@ -293,7 +293,7 @@ pub fn rule(digest: &str, rule: &str, shards: u32) -> String {
             by_shard.resize(shard as usize + 1, None);
         }
         by_shard[shard as usize]
-            .get_or_insert_with(|| format!("st:{{r:{shard}}}:{rule}:e:"))
+            .get_or_insert_with(|| format!("st:{{r:{shard}}}:{rule}:e:").into())
             .clone()
     })
 }
@@ -444,20 +444,20 @@ mod tests {
     fn both_keys_of_a_rule_share_the_rule_key_tag() {
         let e = rule("0123abcd", "ip-burst", RULE_SHARDS);
         let b = ban_state(&e, "0123abcd");
-        assert_eq!(e, "st:{r:35}:ip-burst:e:", "0x0123 % 64");
+        assert_eq!(&*e, "st:{r:35}:ip-burst:e:", "0x0123 % 64");
         assert_eq!(hash_tag(&e), "r:35");
         assert_eq!(hash_tag(&b), "r:35");
         assert_eq!(rule_tag(&b), "r:35");
         assert_eq!(b, "st:{r:35}:ip-burst:b:0123abcd");
-        assert_eq!(rule("0123abcd", "ip-burst", 1), "st:{r:0}:ip-burst:e:");
+        assert_eq!(&*rule("0123abcd", "ip-burst", 1), "st:{r:0}:ip-burst:e:");
         // Remembered per rule and shard: asked again, the same text.
         assert_eq!(
-            rule("ffffabcd", "ip-burst", RULE_SHARDS),
+            &*rule("ffffabcd", "ip-burst", RULE_SHARDS),
             "st:{r:63}:ip-burst:e:"
         );
         assert_eq!(rule("0123ffff", "ip-burst", RULE_SHARDS), e);
         assert_eq!(
-            rule("0123abcd", "phone-rate", RULE_SHARDS),
+            &*rule("0123abcd", "phone-rate", RULE_SHARDS),
             "st:{r:35}:phone-rate:e:"
         );
     }

@@ -2,6 +2,8 @@
 //! (`lua/ban.lua`, one hash with a version every replica polls) and the
 //! audit stream.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::unique::unique_id;
@@ -24,8 +26,9 @@ pub enum RuleKind {
 /// One rule of one request, ready for the script.
 #[derive(Debug, Clone)]
 pub struct RuleCall {
-    /// The prefix of the rule's epoch hashes (`keys::rule`).
-    pub epochs: String,
+    /// The prefix of the rule's epoch hashes (`keys::rule`), shared by
+    /// every request's call of the rule (a clone is a count, not a copy).
+    pub epochs: Arc<str>,
     /// The rule key's digest: its field in the epoch hashes.
     pub field: String,
     pub kind: RuleKind,
@@ -110,7 +113,7 @@ impl RuleCall {
     /// A `requests` rule of `limit` a window of `window_ms` on the key
     /// `field`, enforced, without bans or a lease (tests and tools; the
     /// guard builds its calls from the rules file: `guard::rules::plan`).
-    pub fn requests(epochs: String, field: String, limit: u64, window_ms: u64) -> Self {
+    pub fn requests(epochs: Arc<str>, field: String, limit: u64, window_ms: u64) -> Self {
         Self {
             epochs,
             field,
@@ -176,7 +179,7 @@ impl RuleCall {
 /// them (the rules' own calls and the claim script's rules section).
 fn push_rule_calls(calls: &[RuleCall], keys: &mut Vec<String>, args: &mut Vec<String>) {
     for c in calls {
-        keys.push(c.epochs.clone());
+        keys.push(c.epochs.to_string());
         keys.push(keys::ban_state(&c.epochs, &c.field));
         let n = |v: u64| v.to_string();
         args.extend([
