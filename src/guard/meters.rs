@@ -13,13 +13,16 @@ use metrics::Counter;
 use crate::domain::limits::RuleSet;
 use crate::store::rules::RuleStatus;
 
-/// One rule's counters.
+/// One rule's counters. Its three decisions are shown from the first
+/// request the rule looks at (at 0 until one happens); its lease events only
+/// once it has had one (most rules are never leased).
 #[derive(Debug)]
 pub struct RuleMeters {
+    name: String,
     /// allowed, limited, shadow_limited.
     decisions: [Counter; 3],
     /// asked, granted, not_granted, plain.
-    leases: [Counter; 4],
+    leases: OnceLock<[Counter; 4]>,
 }
 
 /// What happened to a lease of a hot rule key (`guard::lease`).
@@ -38,12 +41,11 @@ const LEASE_EVENTS: [&str; 4] = ["asked", "granted", "not_granted", "plain"];
 impl RuleMeters {
     fn new(rule: &str) -> Self {
         Self {
+            name: rule.to_owned(),
             decisions: DECISIONS.map(|d| {
                 metrics::counter!("stampede_rule_decisions_total", "rule" => rule.to_owned(), "decision" => d)
             }),
-            leases: LEASE_EVENTS.map(|e| {
-                metrics::counter!("stampede_rule_lease_events_total", "rule" => rule.to_owned(), "event" => e)
-            }),
+            leases: OnceLock::new(),
         }
     }
 
@@ -57,7 +59,12 @@ impl RuleMeters {
     }
 
     pub fn lease(&self, event: LeaseEvent) {
-        self.leases[event as usize].increment(1);
+        let leases = self.leases.get_or_init(|| {
+            LEASE_EVENTS.map(|e| {
+                metrics::counter!("stampede_rule_lease_events_total", "rule" => self.name.clone(), "event" => e)
+            })
+        });
+        leases[event as usize].increment(1);
     }
 }
 

@@ -81,6 +81,9 @@ async fn a_hot_rule_key_is_served_from_its_lease() {
     let m = app.metrics().await;
     let allowed = r#"stampede_rule_decisions_total{rule="hot-lease",decision="allowed"}"#;
     assert_eq!(counter(&m, allowed), 100.0, "every claim counted");
+    // The decisions that did not happen are shown, at 0.
+    let limited = r#"stampede_rule_decisions_total{rule="hot-lease",decision="limited"} 0"#;
+    assert!(m.lines().any(|l| l == limited), "{m}");
     // Sequential claims: each lease is asked by one claim and granted.
     let event = |e: &str| {
         counter(
