@@ -131,8 +131,6 @@ impl RuleCall {
         }
     }
 
-    /// The rule's constants, as `claim.lua`'s rule table takes them (9:
-    /// kind limit window enforce ban_after ban_ms ban_factor ban_max decay).
     /// The rule's kind as the scripts read it: `r`, `r<lease>`, `o`, `d`.
     fn kind_text(&self) -> std::borrow::Cow<'static, str> {
         match self.kind {
@@ -143,9 +141,9 @@ impl RuleCall {
         }
     }
 
-    /// Writes the rule's 9 constants (kind limit window_ms enforce
-    /// ban_after ban_ms ban_factor ban_max_ms decay_ms) into `cmd`: the
-    /// numbers are printed in place.
+    /// Writes the rule's constants, as `claim.lua`'s rule table takes them
+    /// (9: kind limit window_ms enforce ban_after ban_ms ban_factor
+    /// ban_max_ms decay_ms), into `cmd`: the numbers are printed in place.
     pub(super) fn write_constants(&self, cmd: &mut redis::Cmd) {
         cmd.arg(self.kind_text().as_ref())
             .arg(self.limit)

@@ -318,6 +318,23 @@ impl TestApp {
         res.json().await.expect("json")
     }
 
+    /// `PATCH /v1/campaigns/{id}` with `body`; asserts a 200.
+    pub async fn patch_campaign(&self, id: &str, body: &Value) {
+        let res = self
+            .client
+            .patch(self.url(&format!("/v1/campaigns/{id}")))
+            .json(body)
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(
+            res.status(),
+            200,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
     pub async fn claim(&self, campaign: &str, phone: &str, device: &str) -> reqwest::Response {
         self.post(
             &format!("/v1/campaigns/{campaign}/claims"),

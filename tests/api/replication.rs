@@ -79,6 +79,14 @@ impl Replica {
     }
 }
 
+/// Settings on `master` whose claims wait for one replica, 200 ms.
+fn waiting_for_one_replica(master: &RedisServer) -> stampede::settings::Settings {
+    let mut s = test_settings(Some(master.url()));
+    s.redis_wait_replicas = 1;
+    s.redis_wait_timeout_ms = 200;
+    s
+}
+
 fn issued_on(conn: &mut redis::Connection, id: &str) -> i64 {
     redis::cmd("HGET")
         .arg(format!("st:{{{id}}}:meta"))
@@ -93,10 +101,7 @@ async fn claims_wait_for_a_replica_and_a_missing_one_means_503_and_not_charged()
     crate::single_node_only!("runs its own master and replica");
     let master = RedisServer::start();
     let replica = Replica::start(&master);
-    let mut s = test_settings(Some(master.url()));
-    s.redis_wait_replicas = 1;
-    s.redis_wait_timeout_ms = 200;
-    let app = spawn_with_settings(s).await;
+    let app = spawn_with_settings(waiting_for_one_replica(&master)).await;
     let id = app
         .create_campaign(json!({"stock": 100, "coupon": {"kind": "amount_off", "amount_off": 100}}))
         .await;
@@ -178,9 +183,7 @@ async fn a_claim_taken_back_at_the_sell_out_does_not_fire_sold_out_again() {
     crate::single_node_only!("runs its own master and replica");
     let master = RedisServer::start();
     let replica = Replica::start(&master);
-    let mut s = test_settings(Some(master.url()));
-    s.redis_wait_replicas = 1;
-    s.redis_wait_timeout_ms = 200;
+    let mut s = waiting_for_one_replica(&master);
     s.webhook_allow_loopback = true;
     let app = spawn_with_settings(s).await;
     let id = app
@@ -228,14 +231,7 @@ async fn a_claim_taken_back_at_the_sell_out_does_not_fire_sold_out_again() {
     );
 
     // A raise re-arms it.
-    let res = app
-        .client
-        .patch(app.url(&format!("/v1/campaigns/{id}")))
-        .json(&json!({"stock": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    app.patch_campaign(&id, &json!({"stock": 3})).await;
     assert_eq!(app.claim(&id, &phone(4), "d4").await.status(), 201);
     assert_eq!(
         outbox_events(&mut m, &id),
