@@ -13,9 +13,10 @@ use metrics::Counter;
 use crate::domain::limits::RuleSet;
 use crate::store::rules::RuleStatus;
 
-/// One rule's counters. Its three decisions are shown from the first
-/// request the rule looks at (at 0 until one happens); its lease events only
-/// once it has had one (most rules are never leased).
+/// One rule's counters. The three decisions of every rule in force are
+/// shown (at 0 until one happens) from the first decision of any rule; a
+/// rule's lease events only once it has had one (most rules are never
+/// leased).
 #[derive(Debug)]
 pub struct RuleMeters {
     name: String,
