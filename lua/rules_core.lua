@@ -110,11 +110,15 @@ end
 -- then also shared by the calls. Kept by prefix with the 9 strings it was
 -- parsed from: Lua interns strings, so comparing them costs a pointer
 -- compare each (joining them into one memo key cost ~2k cycles a rule and
--- call). A prefix sent with other constants (a reloaded rules file) is
--- parsed again. At most 64 are kept (a rules file has a few).
+-- call). Kept by prefix and kind: a batch can hold a rule both as a lease
+-- ask ('r<N>') and as a plain call ('r'). A prefix sent with other
+-- constants (a reloaded rules file) is parsed again. At most 64 are kept
+-- (a rules file has a few).
 local cfg_memo, cfg_count = {}, 0
 local function rule_cfg_at(a, pre)
-  local m = cfg_memo[pre]
+  local key = pre
+  if ARGV[a + 1] ~= 'r' and ARGV[a + 1] ~= 'd' and ARGV[a + 1] ~= 'o' then key = pre .. ARGV[a + 1] end
+  local m = cfg_memo[key]
   if m then
     for i = 1, 9 do
       if m[i] ~= ARGV[a + i] then
@@ -129,8 +133,8 @@ local function rule_cfg_at(a, pre)
     if cfg_count >= 64 then cfg_memo, cfg_count = {}, 0 end
     m = {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
       ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], cfg = c}
-    if not cfg_memo[pre] then cfg_count = cfg_count + 1 end
-    cfg_memo[pre] = m
+    if not cfg_memo[key] then cfg_count = cfg_count + 1 end
+    cfg_memo[key] = m
   end
   return m.cfg or nil
 end
