@@ -119,14 +119,12 @@ fn steps(c: &mut Criterion) {
                     cmd.arg(key);
                 }
                 cmd.arg(1_767_000_000_123i64)
-                    .arg("-")
-                    .arg(86_400u64)
                     .arg("s")
                     .arg(7u8)
                     .arg("")
                     .arg(1_767_000_000_999i64)
-                    .arg(1_767_000_002i64)
-                    .arg(3usize);
+                    .arg(3usize)
+                    .arg("0f3a9c2e11d4b7a8");
                 keys
             },
             criterion::BatchSize::SmallInput,

@@ -2,7 +2,7 @@
 """Redis time of the claim script per claim, without the service.
 
     pip install redis
-    python3 loadtest/script_cost.py [--rules] [--batch 30] [--calls 400] [--buckets 4096] [--aof]
+    python3 loadtest/script_cost.py [--rules [--leased]] [--batch 30] [--calls 400] [--buckets 4096] [--aof]
                                     [--callgrind] [--script | --ab]
 
 Starts its own redis-server on a free loopback port (killed at the end),
@@ -85,6 +85,9 @@ def b64():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rules", action="store_true")
+    ap.add_argument("--leased", action="store_true",
+                    help="with --rules: claims carry device-farm and phone-rate only, as the "
+                         "service sends them while ip-burst is served from a lease")
     ap.add_argument("--batch", type=int, default=30)
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--buckets", type=int, default=4096)
@@ -149,12 +152,16 @@ def main():
             if not a.one_clock:
                 now += seq[0] % a.batch
                 deadline = int(time.time() * 1000) + 60_000 + seq[0] % a.batch
-            args = [str(now), b64(), b64(), "ipipipipipipipip", "-", "86400",
-                    "s", "5", "", str(deadline), f"{run}-{seq[0]}", str(int(time.time()) + 600),
-                    str(len(table))]
+            # (Mode 's', a server request id: no fingerprint nor TTL.)
+            args = [str(now), b64(), b64(), "ipipipipipipipip", "s", "5", "", str(deadline),
+                    str(len(table)), f"{run}-{seq[0]}"]
             if table:
                 # (A distinct rule's member only: rule 2, device-farm.)
-                args += ["1", ip, "2", hex16(), hex16(), "3", hex16()]
+                if a.leased:
+                    args[8] = "2"
+                    args += ["2", hex16(), hex16(), "3", hex16()]
+                else:
+                    args += ["1", ip, "2", hex16(), hex16(), "3", hex16()]
             return keys, args
 
         def yardstick(calls):
@@ -177,7 +184,7 @@ def main():
                 now = int(time.time() * 1000)
                 keys = ["st:{bench}:meta", "st:{bench}:cl", "st:{bench}:outbox",
                         "st:{bench}:stats"] + [p for p, _ in table]
-                args = [str(a.batch), str(len(table))] + [x for _, cs in table for x in cs]
+                args = [str(a.batch), str(len(table))] + ["|".join(cs) for _, cs in table]
                 ck, ca = [], []
                 for _ in range(a.batch):
                     k, v = claim(now)
@@ -203,7 +210,7 @@ def main():
             s = r.info("commandstats").get("cmdstat_evalsha" if a.script else "cmdstat_fcall", {})
             return s.get("usec", 0)
 
-        what = (f"({'3 rules' if a.rules else 'no rules'}, batches of {a.batch}, "
+        what = (f"({('3 rules, ip-burst leased' if a.leased else '3 rules') if a.rules else 'no rules'}, batches of {a.batch}, "
                 f"{a.buckets} quota buckets, AOF {'on' if a.aof else 'off'})")
         if a.yardstick:
             what = f"(the yardstick's script, one claim a call, AOF {'on' if a.aof else 'off'})"

@@ -35,27 +35,32 @@ fixed word (no field can contain '|'); cjson.encode cost more than the rest.
 ARGV
   1  n                 claims in this call (1..)
   2  R                 rules in the call's rule table (0..)
-  then 9 a rule of the table: kind limit window_ms enforce ban_after ban_ms
-                       ban_factor ban_max_ms decay_ms (rules.lua's header has them): what
-                       every claim of the call sends the same is sent once
-  then 13 + 2 or 3 a rule per claim, one claim after another:
+  then 1 a rule of the table: its constants joined by '|', kind|limit|window_ms|
+                       enforce|ban_after|ban_ms|ban_factor|ban_max_ms|decay_ms (rules.lua's
+                       header has them): what every claim of the call sends the same is
+                       sent once, as one argument (read once per rules file: rule_cfg_at)
+  then a claim's 10 (mode 's') or 11 (modes 'c', 'k') + 2 or 3 a rule, one claim
+  after another (an argument costs Redis ~1,000 instructions to read, so what a
+  mode does not use is not sent):
   +1  now_ms           the service's injected clock (windows, records)
   +2  phone            +3 device     +4 ip          (short pseudonyms)
-  +5  fingerprint      hash of the request the idempotency key first came with (mode
-                       's': '-', unused)
-  +6  idem_ttl_s       how long a client record lives
-  +7  idem_mode        'c' client Idempotency-Key (rejections recorded too) | 's' server id
+  +5  idem_mode        'c' client Idempotency-Key (rejections recorded too) | 's' server id
                        | 'k' client key on a stock shard: as 'c', but a `sold_out` is
                        not recorded (the service refills the shard and tries again;
                        it records `sold_out` itself once the whole campaign is dry)
-  +8  rollout_bucket   0..99, a stable hash of the phone pseudonym (staged rollouts)
-  +9  channel          the claim's channel ('' for none; recorded with the claim)
-  +10 deadline_ms      wall-clock ms (Redis TIME) after which nothing may be charged:
+  +6  rollout_bucket   0..99, a stable hash of the phone pseudonym (staged rollouts)
+  +7  channel          the claim's channel ('' for none; recorded with the claim)
+  +8  deadline_ms      wall-clock ms (Redis TIME) after which nothing may be charged:
                        the service has answered 503 by then (0: none)
-  +11 request_id       the server request id (field of the idem key in mode 's')
-  +12 rid_expire_s     unix second at which the idem key expires in mode 's'
-  +13 r                the claim's rate rules (0: none)
-  +14 ..               a rule: its place j in the rule table, the rule key's digest
+  +9  r                the claim's rate rules (0: none)
+  mode 's':
+  +10 request_id       the server request id (its field in the idem hash, which
+                       expires at the unix second floor(deadline_ms / 1000) + 2; with
+                       no deadline, 62 s after Redis's clock)
+  modes 'c' and 'k':
+  +10 fingerprint      hash of the request the idempotency key first came with
+  +11 idem_ttl_s       how long a client record lives
+  then ..             a rule: its place j in the rule table, the rule key's digest
                        (its field), and for a distinct rule only, the distinct member
                        (the others send none: an argument costs Redis ~1,000
                        instructions to read)
@@ -122,8 +127,8 @@ end
 -- kept across the calls of a function library).
 local cfgs, prefixes = {}, {}
 for j = 1, R do
-  local a, pre = 2 + (j - 1) * 9, KEYS[4 + j]
-  local cfg = pre and #ARGV >= a + 9 and rule_cfg_at(a, pre)
+  local text, pre = ARGV[2 + j], KEYS[4 + j]
+  local cfg = pre and text and rule_cfg_at(text, pre)
   if not cfg then return redis.error_reply('ERR claim.lua: bad rule ' .. j) end
   local place = place_text(j)
   cfgs[place], prefixes[place] = cfg, pre
@@ -133,16 +138,16 @@ end
 -- rules_core.lua).
 local ks, as, nows, specs = {}, {}, {}, {}
 do
-  local k, a = 4 + R, 2 + 9 * R
+  local k, a = 4 + R, 2 + R
   for i = 1, n do
-    local r = int(ARGV[a + 13])
-    if not r or r < 0 or #ARGV < a + 13 + 2 * r then
+    local r = int(ARGV[a + 9])
+    local b = a + (ARGV[a + 5] == 's' and 10 or 11)
+    if not r or r < 0 or #ARGV < b + 2 * r then
       return redis.error_reply('ERR claim.lua: bad arguments')
     end
     -- (Made at the size of four rules: grown one by one, it was
     -- reallocated three times for three.)
     local list = {nil, nil, nil, nil}
-    local b = a + 13
     for t = 1, r do
       local j, field = ARGV[b + 1], ARGV[b + 2]
       local cfg = cfgs[j]
@@ -206,7 +211,7 @@ local rejected, per_minute = {}, {}
 local rids, rid_order, rid_bad, rid_new = {}, {}, {}, {}
 for i = 1, n do
   local K, A = ks[i], as[i]
-  if ARGV[A + 6] == 's' then
+  if ARGV[A + 4] == 's' then
     local key = KEYS[K + 3]
     local fields = rids[key]
     if not fields then
@@ -214,7 +219,7 @@ for i = 1, n do
       rids[key] = fields
       rid_order[#rid_order + 1] = key
     end
-    fields[ARGV[A + 10]] = false
+    fields[ARGV[A + 9]] = false
   end
 end
 for _, key in ipairs(rid_order) do
@@ -253,8 +258,8 @@ local function refuse(K, A, client, rule_out, a, b, c)
   if b then out[2] = b end
   if c then out[3] = c end
   if client and not (client == 'k' and a == 'sold_out') then
-    redis.call('SET', KEYS[K + 3], ARGV[A + 4] .. '|' .. table.concat(out, '|'), 'EX',
-      int_str(int(ARGV[A + 5])))
+    redis.call('SET', KEYS[K + 3], ARGV[A + 9] .. '|' .. table.concat(out, '|'), 'EX',
+      int_str(int(ARGV[A + 10])))
   end
   out[#out + 1] = '0'
   if #rule_out == 0 then return out end
@@ -264,14 +269,17 @@ end
 
 -- One claim: K is the index of its first key, A of its first argument.
 local function claim(K, A, now, rule_out)
-  local ttl, bucket = int(ARGV[A + 5]), int(ARGV[A + 7])
-  if not (now and ttl and bucket) or ttl < 1 or #ARGV[A + 4] == 0 then
+  local mode, bucket = ARGV[A + 4], int(ARGV[A + 5])
+  local client = (mode == 'c' or mode == 'k') and mode
+  local idem, fp, ttl = KEYS[K + 3], false, false
+  if client then
+    fp, ttl = ARGV[A + 9], int(ARGV[A + 10])
+    if not (fp and ttl) or ttl < 1 or #fp == 0 then return {'error', 'claim.lua: bad arguments'} end
+  elseif mode ~= 's' then
     return {'error', 'claim.lua: bad arguments'}
   end
-  local mode = ARGV[A + 6]
-  local client = (mode == 'c' or mode == 'k') and mode
+  if not (now and bucket) then return {'error', 'claim.lua: bad arguments'} end
   local phone, device, ip = ARGV[A + 1], ARGV[A + 2], ARGV[A + 3]
-  local idem, fp = KEYS[K + 3], ARGV[A + 4]
 
   -- 1. Idempotency: the first answer for this key (or request id) wins.
   local rec
@@ -279,7 +287,7 @@ local function claim(K, A, now, rule_out)
     rec = redis.call('GET', idem)
   else
     if rid_bad[idem] then return {'error', rid_bad[idem]} end
-    rec = rid_new[idem][ARGV[A + 10]] or rids[idem][ARGV[A + 10]]
+    rec = rid_new[idem][ARGV[A + 9]] or rids[idem][ARGV[A + 9]]
   end
   if rec then
     local out = rule_out
@@ -363,7 +371,7 @@ local function claim(K, A, now, rule_out)
   -- share here): the serial's text, and small ones through istr/ekey
   -- (rules_core.lua).
   local serial_s = int_str(serial)
-  hc_set(record, istr(serial % 64), phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 8])
+  hc_set(record, istr(serial % 64), phone .. '|' .. ARGV[A] .. '|' .. exp_s .. '|' .. ARGV[A + 6])
   issued = serial
   hc_set(KEYS[K + 2], ip, istr(ui + 1))
   local result = 'ok|' .. serial_s .. '|' .. ARGV[A] .. '|' .. exp_s
@@ -371,10 +379,10 @@ local function claim(K, A, now, rule_out)
     redis.call('SET', idem, fp .. '|' .. result, 'EX', int_str(ttl))
   else
     local new = rid_new[idem]
-    new[#new + 1] = ARGV[A + 10]
+    new[#new + 1] = ARGV[A + 9]
     new[#new + 1] = result
-    new[ARGV[A + 10]] = result
-    new.expire_at = ARGV[A + 11]
+    new[ARGV[A + 9]] = result
+    new.deadline = ARGV[A + 7]
   end
   local minute = floor(now / 60000)
   per_minute[minute] = (per_minute[minute] or 0) + 1
@@ -403,18 +411,16 @@ end
 -- then its rules (rules_core.lua, prepended by store::scripts); a refusal
 -- there ends it.
 local function checked(K, A, now, rules)
-  local deadline = int(ARGV[A + 9])
+  local deadline = int(ARGV[A + 7])
   if not deadline then return {'error', 'claim.lua: bad arguments'} end
   if deadline > 0 and time_ms > deadline then return {'late'} end
   if #rules == 0 then return claim(K, A, now, {}) end
   if not now then return {'error', 'claim.lua: bad arguments'} end
-  local rule_out = rules_run('check', now, rules)
+  local rule_out, refused = rules_run('check', now, rules, true)
   if rule_out.err then return {'error', rule_out.err} end
-  for j = 1, #rule_out, 5 do
-    if rule_out[j] == 'over' then
-      rule_out[#rule_out + 1] = 'refused'
-      return rule_out
-    end
+  if refused then
+    rule_out[#rule_out + 1] = 'refused'
+    return rule_out
   end
   return claim(K, A, now, rule_out)
 end
@@ -442,7 +448,10 @@ for _, key in ipairs(rid_order) do
   local new = rid_new[key]
   if #new > 0 then
     redis.call('HSET', key, unpack(new))
-    redis.call('EXPIREAT', key, new.expire_at, 'NX')
+    -- (No deadline, 0: a minute after Redis's clock.)
+    local deadline = int(new.deadline)
+    if deadline <= 0 then deadline = time_ms + 60000 end
+    redis.call('EXPIREAT', key, int_str(floor(deadline / 1000) + 2), 'NX')
   end
 end
 

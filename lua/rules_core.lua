@@ -103,40 +103,36 @@ local function rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_
   return c
 end
 
--- The rule whose 9 strings are ARGV[a + 1 .. a + 9] (rule_cfg; false when
--- they do not parse) and whose epoch hashes are named `pre`..., parsed once
+-- The rule whose constants are `text` (its 9 values joined by '|', in
+-- rule_cfg's order: claim.lua's rule table) and whose epoch hashes are
+-- named `pre`... (rule_cfg; false when they do not parse), parsed once
 -- while this text's locals live: a call of a script, every call of a
 -- function library (store::scripts), where the rule's frame (below) is
--- then also shared by the calls. Kept by prefix with the 9 strings it was
--- parsed from: Lua interns strings, so comparing them costs a pointer
--- compare each (joining them into one memo key cost ~2k cycles a rule and
--- call). Kept by prefix and kind: a batch can hold a rule both as a lease
--- ask ('r<N>') and as a plain call ('r'). A prefix sent with other
--- constants (a reloaded rules file) is parsed again. At most 64 are kept
--- (a rules file has a few).
+-- then also shared by the calls. Kept by prefix, then by text: Lua interns
+-- strings, so each lookup hashes no text (joining 9 arguments into one
+-- memo key cost ~2k cycles a rule and call; comparing 9 arguments one by
+-- one, a tenth of a batch of one's Lua). A batch can hold a rule both as a
+-- lease ask ('r<N>') and as a plain call ('r'): two texts, two entries.
+-- A prefix sent with other constants (a reloaded rules file) is parsed
+-- again. At most 64 are kept (a rules file has a few).
 local cfg_memo, cfg_count = {}, 0
-local function rule_cfg_at(a, pre)
-  local key = pre
-  if ARGV[a + 1] ~= 'r' and ARGV[a + 1] ~= 'd' and ARGV[a + 1] ~= 'o' then key = pre .. ARGV[a + 1] end
-  local m = cfg_memo[key]
-  if m then
-    for i = 1, 9 do
-      if m[i] ~= ARGV[a + i] then
-        m = nil
-        break
-      end
+local function rule_cfg_at(text, pre)
+  local by_text = cfg_memo[pre]
+  local c = by_text and by_text[text]
+  if c == nil then
+    local kind, limit, w, enforce, ban_after, ban_ms, factor, ban_max, decay = match(text,
+      '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    c = kind and rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_max, decay)
+      or false
+    if cfg_count >= 64 then cfg_memo, cfg_count, by_text = {}, 0, nil end
+    if not by_text then
+      by_text = {}
+      cfg_memo[pre] = by_text
     end
+    by_text[text] = c
+    cfg_count = cfg_count + 1
   end
-  if not m then
-    local c = rule_cfg(ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
-      ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]) or false
-    if cfg_count >= 64 then cfg_memo, cfg_count = {}, 0 end
-    m = {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
-      ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], cfg = c}
-    if not cfg_memo[key] then cfg_count = cfg_count + 1 end
-    cfg_memo[key] = m
-  end
-  return m.cfg or nil
+  return c or nil
 end
 
 -- The text of a small place number (a claim names its rules by their
@@ -155,13 +151,14 @@ end
 -- One rule of one request, as a list: [1] its constants, [2] its epoch
 -- hashes' prefix, [3] its rule key's field, [4] its distinct member, [5]
 -- its ban state's key (false: derived from the prefix, '<...>:e:' ->
--- '<...>:b:<field>', same slot). A list, not named fields: a table gets
+-- '<...>:b:<field>', same slot), [6] its frame (false until the batch's
+-- prefetch sets it: rules_run then need not look it up). A list, not named fields: a table gets
 -- each named field by a hash insert, and a claim makes one of these per
 -- rule (1.3 % of Redis's instructions a 3-rule claim, measured). What a
 -- check finds out about it is kept in rules_run's scratch arrays, not
 -- here (a violation's ban state excepted: rare).
 local function rule_spec(cfg, pre, field, member, banh)
-  return {cfg, pre, field, member, banh}
+  return {cfg, pre, field, member, banh, false}
 end
 
 -- rules_run's findings on a request's i-th rule, by i: its frame, its
@@ -219,6 +216,7 @@ local function rules_prefetch(nows, lists, n)
       local r = list[j]
       local pre = r[2]
       local fr = frame(r[1], pre, now)
+      r[6] = fr
       local l = wanted[fr.kcur]
       if not l then
         l = {fr = fr, seen = {}}
@@ -367,16 +365,28 @@ local function free_after(r, i, need, now)
   return c.w
 end
 
+-- A new value of one unit in bucket offset o, by o (a few per rule: kept
+-- while this text's locals live): every new key of a bucket starts so.
+local first_vals = {}
+
 -- The current epoch's value with `k` more (1 when nil) in bucket offset `o`.
 local function bump(v, o, k)
   k = k or 1
-  local os = istr(o)
   local h = v and head(v)
   -- A new value (or one this engine cannot read, started over).
   if not h then
-    local ks = istr(k)
+    if k == 1 then
+      local nv = first_vals[o]
+      if not nv then
+        nv = '1;' .. istr(o) .. ';' .. istr(o) .. ':1'
+        if o < 1024 then first_vals[o] = nv end
+      end
+      return nv
+    end
+    local os, ks = istr(o), istr(k)
     return ks .. ';' .. os .. ';' .. os .. ':' .. ks
   end
+  local os = istr(o)
   local t, f, newest, fc, rest = h[1] + k, h[2], h[3], h[4], h[5]
   local t1, fs = istr(t), istr(f)
   if newest == o then
@@ -415,10 +425,27 @@ local function add_members(v, seen, since)
   end
 end
 
+-- The answer of a rule that passed without a ban ('ok' or 'lease', with
+-- what remains and when it resets), as one '|'-joined text. The rule keeps
+-- the last one it made: the requests of a call on a new key (a new phone,
+-- a new device: most of a flash sale's) all answer the same, and a text
+-- made once costs a lookup rather than two numbers printed and five
+-- fields joined into the claim's answer.
+local function passed_text(c, status, remaining, reset)
+  local a = c.ans
+  if a and a[1] == status and a[2] == remaining and a[3] == reset then return a[4] end
+  local t = status .. '|' .. istr(remaining) .. '|' .. (reset > 0 and istr(reset) or '0') .. '|0|0'
+  c.ans = {status, remaining, reset, t}
+  return t
+end
+
 -- One request's rules (`specs`, from rule_spec), checked (mode 'check')
 -- or charged ('settle') at `now`. Returns 5 values a rule (rules.lua's
--- header), or {err = ...}.
-local function rules_run(mode, now, specs)
+-- header), or {err = ...}. With `joined` (claim.lua, which joins a
+-- claim's answer into one text anyway), a rule that passed without a ban
+-- is answered as its 5 values already joined by '|' (one element), and a
+-- second value tells whether an enforced rule refused the request.
+local function rules_run(mode, now, specs, joined)
   local n = #specs
 
   if mode == 'settle' then
@@ -443,7 +470,8 @@ local function rules_run(mode, now, specs)
   for i = 1, n do
     local r = specs[i]
     local c = r[1]
-    local fr = frame(c, r[2], now)
+    -- (The batch's prefetch made the frame: r[6].)
+    local fr = r[6] or frame(c, r[2], now)
     local field = r[3]
     local oldest = floor((now - c.w) / c.s)
     S_fr[i], S_oldest[i] = fr, oldest
@@ -583,20 +611,25 @@ local function rules_run(mode, now, specs)
         else
           v = ''
         end
-        hc_set(fr.kcur, r[3], v .. r[4] .. '@' .. int_str(now), fr.exp - now)
+        hc_set(fr.kcur, r[3], v .. r[4] .. '@' .. istr(now), fr.exp - now)
       end
     end
     -- Numbers go back as text ('%d', small ones printed once a call):
     -- claim.lua joins a claim's answer into one string.
     local reset = S_reset[i]
-    out[k + 1] = status
-    out[k + 2] = istr(floor(S_remaining[i]))
-    out[k + 3] = reset > 0 and istr(floor(reset)) or '0'
-    out[k + 4] = ban_ms > 0 and istr(floor(ban_ms)) or '0'
-    out[k + 5] = level > 0 and istr(level) or '0'
-    k = k + 5
+    if joined and not over and ban_ms == 0 then
+      out[k + 1] = passed_text(c, status, floor(S_remaining[i]), floor(reset))
+      k = k + 1
+    else
+      out[k + 1] = status
+      out[k + 2] = istr(floor(S_remaining[i]))
+      out[k + 3] = reset > 0 and istr(floor(reset)) or '0'
+      out[k + 4] = ban_ms > 0 and istr(floor(ban_ms)) or '0'
+      out[k + 5] = level > 0 and istr(level) or '0'
+      k = k + 5
+    end
   end
-  return out
+  return out, refused
 end
 
 -- The specs of one request's rules in rules.lua's layout: `n` rules whose

@@ -141,19 +141,29 @@ impl RuleCall {
         }
     }
 
-    /// Writes the rule's constants, as `claim.lua`'s rule table takes them
-    /// (9: kind limit window_ms enforce ban_after ban_ms ban_factor
-    /// ban_max_ms decay_ms), into `cmd`: the numbers are printed in place.
+    /// Writes the rule's constants, as `claim.lua`'s rule table takes them,
+    /// into `cmd`: one argument, the 9 values joined by `|` (kind limit
+    /// window_ms enforce ban_after ban_ms ban_factor ban_max_ms decay_ms).
+    /// One text is one string for Redis to read and one lookup for the
+    /// script's memo of parsed rules, where 9 arguments were 9 of each.
     pub(super) fn write_constants(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(self.kind_text().as_ref())
-            .arg(self.limit)
-            .arg(self.window_ms)
-            .arg(if self.enforce { "1" } else { "0" })
-            .arg(self.ban_after)
-            .arg(self.ban_ms)
-            .arg(self.ban_factor)
-            .arg(self.ban_max_ms)
-            .arg(self.decay_ms);
+        let mut text = String::with_capacity(64);
+        text.push_str(&self.kind_text());
+        let mut num = itoa::Buffer::new();
+        for n in [
+            self.limit,
+            self.window_ms,
+            u64::from(self.enforce),
+            u64::from(self.ban_after),
+            self.ban_ms,
+            u64::from(self.ban_factor),
+            self.ban_max_ms,
+            self.decay_ms,
+        ] {
+            text.push('|');
+            text.push_str(num.format(n));
+        }
+        cmd.arg(text);
     }
 
     /// Whether `other` is the same rule (same epoch hashes and constants):

@@ -90,19 +90,18 @@ fn call_with_rids(id: &str, now: &str, claims: &[(&str, &str, &str)], cycle: usi
     // n claims, an empty rule table.
     cmd.arg(claims.len()).arg(0);
     for (i, (phone, _, device)) in claims.iter().enumerate() {
+        // Mode 's' (a server request id), rollout bucket 0, no channel,
+        // no deadline (the id's hash then lives a minute), no rules.
         cmd.arg(now)
             .arg(*phone)
             .arg(*device)
             .arg("ip")
-            .arg("fp")
-            .arg("60")
             .arg("s")
             .arg("0")
             .arg("")
             .arg("0")
-            .arg(format!("rid{}", i % cycle))
-            .arg(now[..now.len() - 3].parse::<i64>().unwrap() + 60)
-            .arg(0);
+            .arg(0)
+            .arg(format!("rid{}", i % cycle));
     }
     cmd
 }
