@@ -100,6 +100,18 @@ local function rule_cfg(kind, limit, w, enforce, ban_after, ban_ms, factor, ban_
   end
   c.s = max(1, floor(c.w / 10))
   c.P = floor(c.w / c.s) + 1
+  -- What a key with nothing stored in the window answers (rules_run's
+  -- check with no value; its reset is the window): over, and what
+  -- remains. A new phone's or device's key, most of a flash sale's.
+  if c.kind == 'r' then
+    c.cold_over, c.cold_rem = 1 > c.limit, c.limit - 1
+  elseif c.kind == 'o' then
+    c.cold_over, c.cold_rem = 0 >= c.limit, c.limit
+  else
+    c.cold_over = 0 >= c.limit
+    c.cold_rem = c.cold_over and c.limit or c.limit - 1
+  end
+  if c.cold_rem < 0 then c.cold_rem = 0 end
   return c
 end
 
@@ -162,11 +174,11 @@ local function rule_spec(cfg, pre, field, member, banh)
 end
 
 -- rules_run's findings on a request's i-th rule, by i: its frame, its
--- current epoch's value, its first live bucket, its oldest bucket in the
--- window, whether it is over, what remains and when it resets. One set of
+-- current epoch's value, its first live bucket, whether it is over, what
+-- remains and when it resets. One set of
 -- arrays serves every request of the call (each check sets 1..n before it
 -- reads them), so a check allocates none.
-local S_fr, S_vcur, S_first, S_oldest, S_over, S_remaining, S_reset = {}, {}, {}, {}, {}, {}, {}
+local S_fr, S_vcur, S_first, S_over, S_remaining, S_reset = {}, {}, {}, {}, {}, {}
 
 -- How many epochs an epoch hash outlives its own: it is read as the
 -- previous one during the next epoch, and kept two more for a request
@@ -333,8 +345,9 @@ end
 
 -- Every live bucket of the three epochs, sorted oldest first (only a
 -- refused request needs more than the oldest one).
-local function live_buckets(r, i)
-  local b, fr, oldest = {}, S_fr[i], S_oldest[i]
+local function live_buckets(r, i, now)
+  local cfg = r[1]
+  local b, fr, oldest = {}, S_fr[i], floor((now - cfg.w) / cfg.s)
   for j = -1, 1 do
     local v = hc_get(ekey(r[2], fr.e + j), r[3])
     if v then
@@ -358,7 +371,7 @@ local function free_after(r, i, need, now)
     return c.w
   end
   local freed = 0
-  for _, b in ipairs(live_buckets(r, i)) do
+  for _, b in ipairs(live_buckets(r, i, now)) do
     freed = freed + b[2]
     if freed >= need then return (b[1] + 1) * c.s + c.w - now end
   end
@@ -434,7 +447,8 @@ end
 local function passed_text(c, status, remaining, reset)
   local a = c.ans
   if a and a[1] == status and a[2] == remaining and a[3] == reset then return a[4] end
-  local t = status .. '|' .. istr(remaining) .. '|' .. (reset > 0 and istr(reset) or '0') .. '|0|0'
+  local t = status .. '|' .. istr(floor(remaining)) .. '|'
+    .. (reset > 0 and istr(floor(reset)) or '0') .. '|0|0'
   c.ans = {status, remaining, reset, t}
   return t
 end
@@ -473,8 +487,7 @@ local function rules_run(mode, now, specs, joined)
     -- (The batch's prefetch made the frame: r[6].)
     local fr = r[6] or frame(c, r[2], now)
     local field = r[3]
-    local oldest = floor((now - c.w) / c.s)
-    S_fr[i], S_oldest[i] = fr, oldest
+    S_fr[i] = fr
     -- The batch's prefetch read them (hc_get only when it did not).
     local h = hc_vals[fr.kprev]
     local vprev = h and h[field]
@@ -490,10 +503,15 @@ local function rules_run(mode, now, specs, joined)
     end
     S_vcur[i] = vcur
     local over, remaining, reset
-    if c.kind == 'd' then
-      local count, first, present = 0, false, false
+    if not (vprev or vcur or vnext or c.cold_over) then
       -- A key with nothing stored in the window (the common case: a new
-      -- device) has no members to scan.
+      -- phone, a new device) answers what the rule's constants say
+      -- (rule_cfg: cold_rem), and resets a window from now.
+      over, remaining, reset = false, c.cold_rem, c.w
+      S_first[i] = false
+    elseif c.kind == 'd' then
+      local count, first, present = 0, false, false
+      -- (No members to scan without a value.)
       if vprev or vcur or vnext then
         local seen, since = {}, now - c.w
         add_members(vprev, seen, since)
@@ -512,7 +530,9 @@ local function rules_run(mode, now, specs, joined)
       -- (Each read only when there is a value: a new key has none, and
       -- a call costs more than the test.)
       local count, first = 0, false
-      if vprev then count, first = add_part(vprev, fr.bprev, oldest, 0, false) end
+      if vprev then
+        count, first = add_part(vprev, fr.bprev, floor((now - c.w) / c.s), 0, false)
+      end
       if vcur then count, first = add_whole(vcur, fr.bcur, count, first) end
       if vnext then count, first = add_whole(vnext, fr.bnext, count, first) end
       S_first[i] = first
@@ -537,7 +557,7 @@ local function rules_run(mode, now, specs, joined)
       if c.ban_after > 0 then
         if not r[5] then r[5] = sub(r[2], 1, -3) .. 'b:' .. field end
         local flat = call('HGETALL', r[5])
-        local stale, viol = {}, 0
+        local stale, viol, oldest = {}, 0, floor((now - c.w) / c.s)
         r.lvl, r.lvl_end = 0, 0
         for j = 1, #flat, 2 do
           local f = flat[j]
@@ -555,9 +575,16 @@ local function rules_run(mode, now, specs, joined)
   end
 
   -- 2. Write. The answer is made at the size of three rules and a claim's
-  -- answer after them (claim.lua appends it): it is not grown step by step.
-  local out, k = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
-    nil, nil, nil, nil, nil, nil}, 0
+  -- answer after them (claim.lua appends it): it is not grown step by step
+  -- (each rule that passed is one element when joined).
+  local out, k
+  if joined then
+    -- (Joined: a rule that passed is one element.)
+    out, k = {nil, nil, nil, nil, nil, nil, nil, nil}, 0
+  else
+    out, k = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
+      nil, nil, nil, nil, nil, nil}, 0
+  end
   for i = 1, n do
     local r = specs[i]
     local c = r[1]
@@ -618,7 +645,7 @@ local function rules_run(mode, now, specs, joined)
     -- claim.lua joins a claim's answer into one string.
     local reset = S_reset[i]
     if joined and not over and ban_ms == 0 then
-      out[k + 1] = passed_text(c, status, floor(S_remaining[i]), floor(reset))
+      out[k + 1] = passed_text(c, status, S_remaining[i], reset)
       k = k + 1
     else
       out[k + 1] = status
