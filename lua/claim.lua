@@ -402,8 +402,9 @@ local function claim(K, A, now, rule_out)
         'stock', tostring(stock), 'remaining', tostring(remaining), 'at_ms', ARGV[A])
     end
   end
+  -- (The result's fields are joined already: 'ok|serial|ms|exp'.)
   local out, k = rule_out, #rule_out
-  out[k + 1], out[k + 2], out[k + 3], out[k + 4], out[k + 5] = 'ok', serial_s, ARGV[A], exp_s, '0'
+  out[k + 1], out[k + 2] = result, '0'
   return out
 end
 
