@@ -164,11 +164,12 @@ end
 -- hashes' prefix, [3] its rule key's field, [4] its distinct member, [5]
 -- its ban state's key (false: derived from the prefix, '<...>:e:' ->
 -- '<...>:b:<field>', same slot), [6] its frame (false until the batch's
--- prefetch sets it: rules_run then need not look it up). A list, not named fields: a table gets
--- each named field by a hash insert, and a claim makes one of these per
--- rule (1.3 % of Redis's instructions a 3-rule claim, measured). What a
--- check finds out about it is kept in rules_run's scratch arrays, not
--- here (a violation's ban state excepted: rare).
+-- prefetch sets it: rules_run then need not look it up). A list, not
+-- named fields: a table gets each named field by a hash insert, and a
+-- claim makes one of these per rule (1.3 % of Redis's instructions a
+-- 3-rule claim, measured). What a check finds out about it is kept in
+-- rules_run's scratch arrays, not here (a violation's ban state excepted:
+-- rare).
 local function rule_spec(cfg, pre, field, member, banh)
   return {cfg, pre, field, member, banh, false}
 end
@@ -576,10 +577,9 @@ local function rules_run(mode, now, specs, joined)
 
   -- 2. Write. The answer is made at the size of three rules and a claim's
   -- answer after them (claim.lua appends it): it is not grown step by step
-  -- (each rule that passed is one element when joined).
+  -- (joined, a rule that passed is one element).
   local out, k
   if joined then
-    -- (Joined: a rule that passed is one element.)
     out, k = {nil, nil, nil, nil, nil, nil, nil, nil}, 0
   else
     out, k = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil,
