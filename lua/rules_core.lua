@@ -169,7 +169,8 @@ end
 -- claim makes one of these per rule (1.3 % of Redis's instructions a
 -- 3-rule claim, measured). What a check finds out about it is kept in
 -- rules_run's scratch arrays, not here (a violation's ban state excepted:
--- rare).
+-- rare). claim.lua makes the same list inline, for every rule of every
+-- claim: the call cost 0.8 % of Redis's instructions a 3-rule claim.
 local function rule_spec(cfg, pre, field, member, banh)
   return {cfg, pre, field, member, banh, false}
 end
